@@ -1,0 +1,298 @@
+"""GPT-2 in one file, with the parameter names of Hugging Face's GPT2LMHeadModel (so checkpoints load by name).
+
+A decoder-only transformer: token + position embeddings, n_layer pre-LayerNorm blocks (causal self-attention,
+then an MLP), a final LayerNorm and a language-model head that shares its weight with the token embedding.
+generate() samples with a key/value cache so each new token costs one position, not the whole prefix.
+"""
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass
+class GPT2Config:  # field names = HF config.json keys, so GPT2Config(**known_keys) works
+    vocab_size: int = 50257
+    n_positions: int = 1024  # max sequence length (nanoGPT's block_size)
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: Optional[int] = None  # MLP width; None means 4 * n_embd
+    activation_function: str = "gelu_new"  # tanh-approximated GELU, the one GPT-2 was trained with
+    resid_pdrop: float = 0.1
+    embd_pdrop: float = 0.1
+    attn_pdrop: float = 0.1
+    layer_norm_epsilon: float = 1e-5
+    bos_token_id: int = 50256
+    eos_token_id: int = 50256
+
+    def __post_init__(self):
+        if self.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ValueError(f"activation_function={self.activation_function!r} is not supported: GPT-2 uses "
+                             "'gelu_new' (tanh-approximated GELU); set activation_function='gelu_new'")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: "
+                             "pick n_head so that each head gets n_embd // n_head dimensions")
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_head = config.n_head
+        self.attn_pdrop = config.attn_pdrop
+        # one matmul for query, key and value together (rows ordered q, k, v), as in the original GPT-2
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, x, layer_past=None, use_cache=False):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if layer_past is not None:  # the cached keys/values of earlier positions come first in time
+            k = torch.cat([layer_past[0], k], dim=2)  # (B, nh, T_past + T, hs)
+            v = torch.cat([layer_past[1], v], dim=2)
+        present = (k, v) if use_cache else None
+
+        T_k = k.size(2)
+        if T == T_k:  # no cache: the usual lower-triangular mask, which SDPA builds (and may fuse) itself
+            mask, is_causal = None, True
+        elif T == 1:  # one new token sees every cached position, so nothing needs masking
+            mask, is_causal = None, False
+        else:  # several new tokens after a cache: query i sits at position T_k - T + i and sees keys up to there
+            mask = torch.ones(T, T_k, dtype=torch.bool, device=x.device).tril(diagonal=T_k - T)
+            is_causal = False
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                           dropout_p=self.attn_pdrop if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, nh * hs): heads side by side again
+        return self.resid_dropout(self.c_proj(y)), present
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        n_inner = config.n_inner if config.n_inner is not None else 4 * config.n_embd
+        self.c_fc = nn.Linear(config.n_embd, n_inner)
+        self.c_proj = nn.Linear(n_inner, config.n_embd)
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, x):
+        # "gelu_new" is the tanh approximation; the exact erf GELU would shift every logit of a pretrained GPT-2
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-LN: normalise the input of each sub-layer and add its output to an untouched residual stream.
+    GPT-2 moved LayerNorm there (from after the sum, as in BERT) because it keeps deep stacks trainable
+    without a careful warm-up; the price is one more LayerNorm at the very end (ln_f)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(self, x, layer_past=None, use_cache=False):
+        a, present = self.attn(self.ln_1(x), layer_past, use_cache)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, present
+
+
+class GPT2(nn.Module):
+
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.config = config
+        self.gradient_checkpointing = False  # trade compute for memory in training: recompute blocks in backward
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.n_positions, config.n_embd),
+            drop=nn.Dropout(config.embd_pdrop),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying: reading a token in and writing it out use one matrix. GPT-2 was trained this way (its
+        # checkpoints have no separate lm_head), and it saves V * C parameters, 38M of GPT-2 small's 124M.
+        self.lm_head.weight = self.transformer.wte.weight
+
+        self.apply(self._init_weights)
+        # Each block adds two outputs (attention, MLP) to the residual stream, so its variance grows with depth;
+        # GPT-2 scales the init of those projections by 1/sqrt(2 * n_layer) to keep the sum at the scale of one.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):  # GPT-2's init, for training from scratch (from_pretrained overwrites it)
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self, exclude_embeddings=False):
+        """Parameters counted once (the tied lm_head is the embedding); exclude_embeddings drops wte and wpe."""
+        n = sum(p.numel() for p in self.parameters())  # parameters() yields a shared tensor only once
+        if exclude_embeddings:
+            n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(self, input_ids, targets=None, past_key_values=None, use_cache=False):
+        """input_ids (B, T) -> logits (B, T, V); with targets (B, T) also the mean cross-entropy (-100 = ignore);
+        with use_cache also the new cache: a list per layer of (k, v), each (B, nh, T_past + T, hs).
+        Returns logits alone, or a tuple (logits, [loss], [cache]) of what was asked for, in that order."""
+        B, T = input_ids.shape
+        T_past = past_key_values[0][0].size(2) if past_key_values is not None else 0
+        if T_past + T > self.config.n_positions:
+            raise ValueError(f"sequence length {T_past + T} exceeds n_positions={self.config.n_positions}: "
+                             f"crop input_ids to the last {self.config.n_positions} tokens")
+        pos = torch.arange(T_past, T_past + T, dtype=torch.long, device=input_ids.device)  # (T,)
+        x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(pos))  # (B, T, C)
+
+        presents = [] if use_cache else None
+        for i, block in enumerate(self.transformer.h):
+            layer_past = past_key_values[i] if past_key_values is not None else None
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                # keep only the block's input; backward re-runs the block (with the same dropout masks,
+                # since checkpoint restores the RNG state) instead of storing all its activations
+                x, present = checkpoint(block, x, layer_past, use_cache, use_reentrant=False)
+            else:
+                x, present = block(x, layer_past, use_cache)
+            if use_cache:
+                presents.append(present)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+
+        if targets is None and not use_cache:
+            return logits
+        out = (logits,)
+        if targets is not None:
+            out += (F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100),)
+        if use_cache:
+            out += (presents,)
+        return out
+
+    @torch.no_grad()
+    def generate(self, input_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, do_sample=None,
+                 eos_token_id=None, use_cache=True, generator=None):
+        """Continue input_ids (B, T) by up to max_new_tokens tokens -> (B, T + n_new).
+        Greedy when do_sample=False or temperature=0, otherwise samples (after top_k / top_p filtering).
+        eos_token_id (off when None): a sequence that emits it is padded with it until every one has, then we stop.
+        use_cache=False re-runs the prefix (cropped to n_positions) each step; the tokens are the same either way."""
+        check_generate_args(input_ids, max_new_tokens, temperature, top_k, top_p)
+        B, T = input_ids.shape
+        if use_cache and T + max_new_tokens > self.config.n_positions:
+            raise ValueError(f"input length {T} + max_new_tokens {max_new_tokens} exceeds n_positions="
+                             f"{self.config.n_positions}: lower max_new_tokens to {max(self.config.n_positions - T, 0)}"
+                             " or pass use_cache=False (which crops the context to the last n_positions tokens)")
+        was_training = self.training
+        self.eval()  # dropout while generating only adds noise (and would make cached and uncached runs differ)
+        try:
+            ids, past = input_ids, None
+            finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+            for _ in range(max_new_tokens):
+                if use_cache:  # feed only what the cache has not seen: the prompt first, then one token a step
+                    logits, past = self(ids if past is None else ids[:, -1:], past_key_values=past, use_cache=True)
+                else:
+                    logits = self(ids[:, -self.config.n_positions:])
+                next_id = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, do_sample, generator)  # (B,)
+                if eos_token_id is not None:
+                    next_id = next_id.masked_fill(finished, eos_token_id)
+                    finished |= next_id == eos_token_id
+                ids = torch.cat([ids, next_id[:, None]], dim=1)
+                if eos_token_id is not None and bool(finished.all()):
+                    break
+        finally:
+            self.train(was_training)
+        return ids
+
+    def resize_token_embeddings(self, new_vocab_size, init="mean"):
+        """Grow (or shrink) the vocabulary, e.g. after adding special tokens; lm_head stays tied.
+        init="mean": new rows are the mean of the old ones, so a new token starts as an "average" token and
+        the model's predictions barely move (a random row would be far from the learned embeddings and get
+        almost no probability at first); init="normal": N(0, 0.02) as for training from scratch."""
+        if init not in ("mean", "normal"):
+            raise ValueError(f"init={init!r} is not supported: use init='mean' or init='normal'")
+        old = self.transformer.wte.weight
+        old_vocab_size, C = old.shape
+        wte = nn.Embedding(new_vocab_size, C, device=old.device, dtype=old.dtype)
+        with torch.no_grad():
+            n = min(old_vocab_size, new_vocab_size)
+            wte.weight[:n] = old[:n]
+            if new_vocab_size > old_vocab_size:
+                if init == "mean":
+                    wte.weight[old_vocab_size:] = old.mean(dim=0)
+                else:
+                    nn.init.normal_(wte.weight[old_vocab_size:], mean=0.0, std=0.02)
+        wte.weight.requires_grad_(old.requires_grad)  # a frozen embedding stays frozen
+        self.transformer.wte = wte
+        self.lm_head = nn.Linear(C, new_vocab_size, bias=False, device=old.device, dtype=old.dtype)
+        self.lm_head.weight = wte.weight  # re-tie: the new head must be the new embedding, not a copy
+        self.config.vocab_size = new_vocab_size
+        return wte
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, **kwargs):
+        """Load a Hugging Face GPT-2 checkpoint (a local folder or a hub id such as "gpt2")."""
+        from nanoft.checkpoint import load_gpt2  # checkpoint imports this module, so import here
+        return load_gpt2(name_or_path, **kwargs)
+
+    def save_pretrained(self, folder):
+        """Write config.json + model.safetensors in Hugging Face's format (loadable by transformers too)."""
+        from nanoft.checkpoint import save_gpt2
+        save_gpt2(self, folder)
+
+
+def check_generate_args(input_ids, max_new_tokens, temperature, top_k, top_p):
+    if input_ids.dim() != 2 or input_ids.dtype != torch.long:
+        raise ValueError(f"input_ids must be a (B, T) tensor of token ids (torch.long), got shape "
+                         f"{tuple(input_ids.shape)} {input_ids.dtype}: use ids[None] for one sequence, ids.long()")
+    if input_ids.size(1) == 0:
+        raise ValueError("input_ids is empty: pass at least one token (e.g. the bos/eos token) to start from")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens} is negative: pass 0 or more")
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} is negative: pass 0 for greedy or a positive value")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k={top_k} keeps no token: pass top_k >= 1 or None")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p} is outside (0, 1]: pass a probability mass such as 0.9, or None")
+
+
+def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, do_sample=None, generator=None):
+    """Pick one token per row of logits (B, V) -> (B,). Greedy when do_sample is False or temperature is 0;
+    otherwise sample from softmax(logits / temperature) after top_k / top_p filtering."""
+    if do_sample is None:
+        do_sample = temperature > 0
+    if not do_sample or temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = filter_top_k_top_p(logits.float() / temperature, top_k, top_p).softmax(dim=-1)
+    # one multinomial call per step in both generate() paths: with the same generator the same random numbers
+    # are drawn, and since cached and uncached probabilities agree to ~1e-7, the same tokens come out
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def filter_top_k_top_p(logits, top_k=None, top_p=None):
+    """Set logits (B, V) to -inf outside the top_k tokens, then outside the smallest set of tokens whose
+    probability reaches top_p (nucleus sampling), in the same order as transformers."""
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1): the k-th largest logit
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the tokens ranked above it already hold top_p of the mass (the first one always stays)
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        drop = torch.zeros_like(drop).scatter(-1, order, drop)  # back from rank order to vocabulary order
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits

@@ -1,0 +1,119 @@
+"""
+Task heads on top of the BERT encoder, and one model that shares the encoder between tasks.
+
+ClassificationHead (sentence -> label, e.g. SST-2) and SpanHead (token -> answer start/end, e.g. SQuAD)
+are the layers Hugging Face's BertForSequenceClassification / BertForQuestionAnswering put on BERT, with the
+same names (`classifier`, `qa_outputs`), so their weights copy over 1:1 and the logits match.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class ClassificationHead(nn.Module):
+
+    def __init__(self, hidden_size, num_labels, dropout=0.1, pooling="cls"):
+        super().__init__()
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"unknown pooling {pooling!r}: use 'cls' (BERT's pooler on [CLS]) or 'mean' (masked mean of tokens)")
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+        nn.init.normal_(self.classifier.weight, std=0.02)  # BERT's init, as HF gives a fresh classifier
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, hidden, attention_mask=None, pooled=None):
+        if self.pooling == "cls":
+            # BERT's pooler (tanh dense on [CLS]) lives in the encoder, because it was pretrained with it
+            if pooled is None:
+                raise ValueError("pooling='cls' needs the encoder's pooler output: pass pooled=encoder.pool(hidden)")
+            x = pooled
+        else:
+            # every real token votes equally (the sentence-transformers recipe); pads must not, so mask them out
+            if attention_mask is None:
+                attention_mask = torch.ones(hidden.shape[:2], device=hidden.device)
+            m = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+            x = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)  # (B, H)
+        return self.classifier(self.dropout(x))  # (B, num_labels)
+
+
+class SpanHead(nn.Module):
+
+    def __init__(self, hidden_size):
+        super().__init__()
+        self.qa_outputs = nn.Linear(hidden_size, 2)  # one score per token for "answer starts here", one for "ends here"
+        nn.init.normal_(self.qa_outputs.weight, std=0.02)
+        nn.init.zeros_(self.qa_outputs.bias)
+
+    def forward(self, hidden, attention_mask=None, pooled=None):
+        # like HF, pads and question tokens are NOT masked here: SQuAD post-processing keeps answers inside the context
+        start, end = self.qa_outputs(hidden).unbind(dim=-1)  # (B, T, 2) -> 2 x (B, T)
+        return start.contiguous(), end.contiguous()
+
+
+def classification_loss(logits, labels):
+    return F.cross_entropy(logits, labels)
+
+
+def span_loss(start_logits, end_logits, start_positions, end_positions):
+    # HF's rule: a position outside the window (answer cut off by doc_stride) is clamped to T and ignored
+    T = start_logits.size(1)
+    start_positions = start_positions.view(-1).clamp(0, T)
+    end_positions = end_positions.view(-1).clamp(0, T)
+    start_loss = F.cross_entropy(start_logits, start_positions, ignore_index=T)
+    end_loss = F.cross_entropy(end_logits, end_positions, ignore_index=T)
+    return (start_loss + end_loss) / 2
+
+
+class MultiTaskModel(nn.Module):
+    """One shared encoder, one head per task: forward(task, batch) -> dict(loss=..., logits=...)."""
+
+    def __init__(self, encoder, heads, task_types=None):
+        super().__init__()
+        self.encoder = encoder
+        self.heads = nn.ModuleDict(heads)
+        if task_types is None:  # infer from the head's class
+            kinds = {ClassificationHead: "classification", SpanHead: "span"}
+            task_types = {name: kinds.get(type(head)) for name, head in self.heads.items()}
+        for name in self.heads:
+            if task_types.get(name) not in ("classification", "span"):
+                raise ValueError(f"task {name!r} has type {task_types.get(name)!r}: "
+                                 "pass task_types={name: 'classification' or 'span'} for every head")
+        self.task_types = dict(task_types)
+
+    def forward(self, task, batch):
+        if task not in self.heads:
+            raise ValueError(f"unknown task {task!r}: this model has heads for {sorted(self.heads)}")
+        head = self.heads[task]
+        mask = batch.get("attention_mask")
+        hidden = self.encoder(batch["input_ids"], attention_mask=mask, token_type_ids=batch.get("token_type_ids"))
+        needs_pooler = getattr(head, "pooling", None) == "cls"
+        pooled = self.encoder.pool(hidden) if needs_pooler else None  # only pay for the pooler when it is used
+        logits = head(hidden, attention_mask=mask, pooled=pooled)
+        loss = None
+        if self.task_types[task] == "classification":
+            if "labels" in batch:
+                loss = classification_loss(logits, batch["labels"])
+        elif "start_positions" in batch:
+            loss = span_loss(*logits, batch["start_positions"], batch["end_positions"])
+        return dict(loss=loss, logits=logits)  # span logits are (start (B, T), end (B, T))
+
+
+def freeze_encoder(model, unfreeze_top_k=0):
+    """Freeze the BERT encoder inside `model` (a BERT, or anything with .encoder / .bert), except its top k layers.
+
+    k=0 is the head-only baseline (embeddings, all layers and the pooler frozen); k>0 also trains the top k layers
+    and the pooler above them. Heads are not touched. Returns the model."""
+    encoder = getattr(model, "encoder", getattr(model, "bert", model))
+    if not hasattr(encoder, "layers") or not hasattr(encoder, "embeddings"):
+        raise ValueError(f"freeze_encoder needs a nanoft BERT, or a model with .encoder or .bert; got {type(model).__name__}")
+    n = len(encoder.layers)
+    if not 0 <= unfreeze_top_k <= n:
+        raise ValueError(f"unfreeze_top_k={unfreeze_top_k} but the encoder has {n} layers: pick 0..{n}")
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    if unfreeze_top_k > 0:
+        for module in [*encoder.layers[n - unfreeze_top_k:], encoder.pooler]:
+            for p in module.parameters():
+                p.requires_grad_(True)
+    return model

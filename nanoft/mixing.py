@@ -1,0 +1,82 @@
+"""Multi-task learning: which task does the next batch come from? (n_i = number of batches of task i)
+
+    proportional  p_i ∝ n_i           every batch equally likely, as if the data sets were concatenated:
+                                      big tasks dominate
+    temperature   p_i ∝ n_i ** (1/T)  T = 1 is proportional, large T tends to uniform: small tasks are seen more often
+                                      (the sampling of multilingual BERT and T5)
+    round_robin   one task after the other, equal shares whatever the sizes
+
+    mixed = MultiTaskBatches({"sst2": sst2_features, "squad": squad_features}, batch_size=16, strategy="temperature")
+    for task, batch in mixed:
+        loss = model(task, batch)["loss"]     # nanoft.heads.MultiTaskModel
+"""
+import math
+import random
+
+from torch.utils.data import default_collate
+
+STRATEGIES = ("proportional", "temperature", "round_robin")
+
+
+def task_probabilities(sizes: dict, strategy="proportional", temperature=2.0) -> dict:
+    """{task: probability that a batch comes from it}, from {task: number of batches}."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}: use one of {STRATEGIES}")
+    if not sizes:
+        raise ValueError("no tasks given: pass {task name: data set (or number of batches)} with at least one task")
+    for name, n in sizes.items():
+        if n <= 0:
+            raise ValueError(f"task {name!r} has no batches: give it some examples or leave it out")
+    if strategy == "round_robin":
+        return {name: 1 / len(sizes) for name in sizes}
+    if strategy == "temperature" and temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}: 1 is proportional, "
+                         "larger flattens towards uniform")
+    weights = {name: n ** (1 / temperature) if strategy == "temperature" else n for name, n in sizes.items()}
+    total = sum(weights.values())
+    return {name: w / total for name, w in weights.items()}
+
+
+def task_schedule(sizes: dict, strategy="proportional", temperature=2.0, num_steps=None, seed=0) -> list:
+    """The task name of every step, num_steps long (default: all batches of all tasks, one epoch's worth)."""
+    p = task_probabilities(sizes, strategy, temperature)
+    num_steps = sum(sizes.values()) if num_steps is None else num_steps
+    names = list(sizes)
+    if strategy == "round_robin":
+        return [names[i % len(names)] for i in range(num_steps)]
+    return random.Random(seed).choices(names, weights=[p[n] for n in names], k=num_steps)
+
+
+class MultiTaskBatches:
+    """The mixed schedule as a list of (task, batch): iterate it, or index it (a map-style data set of batches).
+
+    datasets: {task: map-style data set of examples}. batch_size and collate_fn: one for all, or a dict per task.
+    Each task's examples are batched in a seeded shuffle; a task visited more often than it has batches starts a
+    new shuffle, so oversampled small tasks repeat their data in a new order rather than the same batches."""
+
+    def __init__(self, datasets: dict, batch_size, strategy="proportional", temperature=2.0, num_steps=None, seed=0,
+                 collate_fn=None):
+        self.datasets = datasets
+        self.batch_size = batch_size if isinstance(batch_size, dict) else dict.fromkeys(datasets, batch_size)
+        self.collate_fn = (collate_fn if isinstance(collate_fn, dict)
+                           else dict.fromkeys(datasets, collate_fn or default_collate))
+        sizes = {name: math.ceil(len(d) / self.batch_size[name]) for name, d in datasets.items()}
+        self.schedule = task_schedule(sizes, strategy, temperature, num_steps, seed)
+        rng, todo = random.Random(seed + 1), {name: [] for name in datasets}
+        self.plan = []  # (task, example indices of the batch)
+        for name in self.schedule:
+            if not todo[name]:
+                order, bs = rng.sample(range(len(datasets[name])), len(datasets[name])), self.batch_size[name]
+                todo[name] = [order[i:i + bs] for i in range(0, len(order), bs)][::-1]  # pop() takes the first
+            self.plan.append((name, todo[name].pop()))
+
+    def __len__(self):
+        return len(self.plan)
+
+    def __getitem__(self, i):
+        name, indices = self.plan[i]
+        return name, self.collate_fn[name]([self.datasets[name][j] for j in indices])
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]

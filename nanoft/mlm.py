@@ -1,0 +1,75 @@
+"""Masked language modelling, BERT's pre-training task, used again for task-adaptive pre-training (chapter 13):
+hide 15% of the real tokens of in-domain text and train the model to recover them.
+
+    collate = MLMCollator.from_tokenizer(tok)      # a DataLoader collate_fn over lists of token ids
+    batch = collate([ids_1, ids_2, ...])           # {"input_ids", "attention_mask", "labels"}, each (B, T)
+    logits, loss = model(**batch)                  # BertForMaskedLM
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+def mask_tokens(input_ids, special_ids, vocab_size, mask_token_id, mlm_probability=0.15, generator=None,
+                attention_mask=None):
+    """-> (masked_input_ids, labels). Picks each real token with probability mlm_probability; labels hold the
+    original id at picked positions and -100 (cross_entropy's ignore_index) everywhere else, so the loss covers
+    only the picked tokens. Tokens in special_ids ([CLS], [SEP], [PAD], ...) and attention_mask == 0 are never picked.
+    input_ids is left unchanged; generator makes the draw reproducible."""
+    if not 0.0 < mlm_probability < 1.0:
+        raise ValueError(f"mlm_probability must be between 0 and 1, got {mlm_probability}: BERT uses 0.15")
+    device = input_ids.device
+
+    def draw(p):  # a Bernoulli(p) mask shaped like input_ids
+        return torch.rand(input_ids.shape, generator=generator, device=device) < p
+
+    can_pick = ~torch.isin(input_ids, torch.tensor(sorted(special_ids), dtype=input_ids.dtype, device=device))
+    if attention_mask is not None:
+        can_pick &= attention_mask.bool()
+    picked = draw(mlm_probability) & can_pick
+    labels = torch.where(picked, input_ids, torch.full_like(input_ids, -100))
+
+    # BERT's 80/10/10. [MASK] never occurs in fine-tuning text: if every token the model must predict were [MASK],
+    # it could learn to build good representations only there. Replacing 10% with a random token and leaving 10%
+    # unchanged means any visible token may be one it is asked about, so it must represent every token well.
+    to_mask = picked & draw(0.8)
+    to_random = picked & ~to_mask & draw(0.5)  # half of the other 20%
+    random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator, device=device)  # any id, like BERT
+    masked = torch.where(to_mask, torch.full_like(input_ids, mask_token_id), input_ids)
+    masked = torch.where(to_random, random_ids, masked)
+    return masked, labels
+
+
+@dataclass
+class MLMCollator:
+    """collate_fn: token-id rows (lists, 1-D tensors, or dicts with "input_ids") -> a padded, masked batch.
+    Masks are drawn anew every time a batch is built (RoBERTa's dynamic masking): each epoch hides other tokens."""
+    mask_token_id: int
+    pad_token_id: int
+    vocab_size: int
+    special_ids: tuple
+    mlm_probability: float = 0.15
+    generator: Optional[torch.Generator] = None  # None: the global RNG, which nanoft.train seeds and restores
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, **kwargs):
+        tok = getattr(tokenizer, "tok", tokenizer)  # nanoft's Tokenizer or a bare tokenizers.Tokenizer
+        mask_id, pad_id = tok.token_to_id("[MASK]"), tok.token_to_id("[PAD]")
+        if mask_id is None or pad_id is None:
+            raise ValueError("the tokenizer has no [MASK] or [PAD] token: masked LM needs a BERT-style (WordPiece) "
+                             "tokenizer, e.g. nanoft.tokenizer.load_bert_tokenizer(folder)")
+        specials = tuple(i for i, t in tok.get_added_tokens_decoder().items() if t.special) or (pad_id, mask_id)
+        return cls(mask_id, pad_id, tok.get_vocab_size(), specials, **kwargs)
+
+    def __call__(self, examples) -> dict:
+        rows = [torch.as_tensor(e["input_ids"] if isinstance(e, dict) else e, dtype=torch.long) for e in examples]
+        T = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), T), self.pad_token_id, dtype=torch.long)  # (B, T)
+        attention_mask = torch.zeros((len(rows), T), dtype=torch.long)
+        for i, r in enumerate(rows):
+            input_ids[i, :len(r)] = r
+            attention_mask[i, :len(r)] = 1
+        masked, labels = mask_tokens(input_ids, self.special_ids, self.vocab_size, self.mask_token_id,
+                                     self.mlm_probability, self.generator, attention_mask)
+        return {"input_ids": masked, "attention_mask": attention_mask, "labels": labels}

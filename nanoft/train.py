@@ -1,0 +1,464 @@
+"""The one training loop every chapter uses, in plain PyTorch.
+
+    cfg = TrainConfig(lr=5e-5, batch_size=16, max_steps=1000, warmup_steps=100, eval_every=100, out_dir="runs/x")
+    result = train(model, train_dataset, lambda m, b: m(b["x"], targets=b["y"])[1], cfg, eval_fn=evaluate)
+
+One optimizer step = grad_accum_steps micro-batches of batch_size examples on each process, then
+clip, AdamW, schedule. Every eval_every steps eval_fn(model) returns metrics; cfg.metric drives the
+best checkpoint and early stopping. Under `torchrun --nproc_per_node=N` the same code runs with
+DistributedDataParallel; a plain `python` run is simply world size 1.
+
+Resume is exact: a checkpoint holds everything the next step depends on (weights, AdamW moments,
+schedule step, the RNG states that drive dropout, and the position in the data), so a killed run that
+resumes from it retraces the same numbers as a run that never stopped.
+"""
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
+from tqdm.auto import tqdm
+
+from nanoft.optim import build_optimizer, build_scheduler, describe_groups
+
+
+@dataclass
+class TrainConfig:
+    # optimisation (see nanoft/optim.py)
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    betas: tuple = (0.9, 0.999)
+    warmup_steps: int = 0
+    max_steps: Optional[int] = None  # optimizer steps; None: epochs * steps per epoch
+    epochs: Optional[int] = None  # passes over the data; with max_steps too, whichever ends first
+    decay: str = "cosine"  # "linear" | "cosine", after warmup
+    min_lr_ratio: float = 0.0  # the decay ends at min_lr_ratio * lr
+    # batches: global batch = batch_size * grad_accum_steps * number of processes
+    batch_size: int = 8  # examples per micro-batch, per process
+    grad_accum_steps: int = 1
+    grad_clip: Optional[float] = 1.0  # max global gradient norm; None or 0: no clipping
+    shuffle: bool = True
+    num_workers: int = 0
+    # hardware
+    device: str = "auto"  # "auto": cuda if available, else cpu
+    precision: str = "auto"  # "auto" (bf16 on CUDA, fp16 on older GPUs, fp32 on CPU) | "fp32" | "bf16" | "fp16"
+    gradient_checkpointing: bool = False  # GPT2 / BERT: recompute blocks in backward to save memory
+    find_unused_parameters: bool = False  # DDP: True when some parameters get no gradient (multi-task heads)
+    # evaluation and early stopping
+    eval_every: int = 0  # optimizer steps between evaluations; 0: only at the end
+    metric: str = "val_loss"  # the key of eval_fn's dict that picks the best checkpoint
+    mode: str = "min"  # "min" (a loss) | "max" (an accuracy)
+    patience: Optional[int] = None  # stop after this many evaluations without improvement; None: never
+    # files: out_dir/checkpoint.pt (latest), best.pt (best weights), log.jsonl; out_dir None: no files
+    out_dir: Optional[str] = None
+    checkpoint_every: int = 0  # optimizer steps; 0: at each evaluation and at the end
+    resume: bool = False  # continue from out_dir/checkpoint.pt when it exists
+    log_every: int = 10
+    progress: bool = True  # tqdm bar and messages (rank 0 only)
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    step: int  # optimizer steps done
+    stopped_early: bool
+    best_metric: Optional[float]
+    best_step: Optional[int]
+    history: list = field(default_factory=list)  # the records of log.jsonl: {"type": "train"|"eval", "step", ...}
+
+
+def train(model: torch.nn.Module, train_data, loss_fn: Callable, cfg: TrainConfig,
+          eval_fn: Optional[Callable] = None, collate_fn: Optional[Callable] = None) -> TrainResult:
+    """Train `model` on a map-style dataset. loss_fn(model, batch) -> scalar loss; it must call model(...)
+    (under DDP that call is what synchronises gradients). eval_fn(model) -> {metric name: value}."""
+    _check_config(cfg, eval_fn)
+    rank, world, created_group = _setup_distributed(cfg)
+    device = _pick_device(cfg.device)
+    autocast, use_scaler = _autocast(cfg.precision, device)
+    micro_per_epoch = _check_data(train_data, cfg.batch_size, world)
+    from_epochs = max(1, cfg.epochs * micro_per_epoch // cfg.grad_accum_steps) if cfg.epochs else None
+    cfg = replace(cfg, max_steps=min(s for s in (cfg.max_steps, from_epochs) if s is not None))
+    is_main = rank == 0
+    out = cfg.out_dir
+    if out and is_main:
+        os.makedirs(out, exist_ok=True)
+    seed_everything(cfg.seed + rank)  # rank 0 matches a 1-process run; other ranks draw other dropout masks
+
+    model.to(device)
+    model.train()
+    if cfg.gradient_checkpointing:
+        _enable_gradient_checkpointing(model)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas)
+    scheduler = build_scheduler(optimizer, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)  # fp16 only; otherwise every call passes through
+    if is_main and cfg.progress:
+        print(describe_groups(optimizer.param_groups))
+
+    step, epoch, batch_in_epoch, rng = 0, 0, 0, None
+    early = {"best": None, "best_step": None, "bad_evals": 0}
+    if cfg.resume and out and os.path.exists(os.path.join(out, "checkpoint.pt")):
+        ckpt = load_checkpoint(os.path.join(out, "checkpoint.pt"), model, optimizer, scheduler, scaler)
+        data = ckpt["data"]
+        if (data["batch_size"], data["world_size"]) != (cfg.batch_size, world):
+            raise ValueError(f"checkpoint in {out} was written with batch_size={data['batch_size']} on "
+                             f"{data['world_size']} process(es): resume with the same, or set resume=False")
+        step, epoch, batch_in_epoch, early = ckpt["step"], data["epoch"], data["batch"], ckpt["early_stopping"]
+        rng = ckpt["rng"][rank]
+        if is_main and cfg.progress:
+            print(f"resuming from {out}/checkpoint.pt at step {step}")
+    ddp_model = DDP(model, find_unused_parameters=cfg.find_unused_parameters) if world > 1 else model
+    batches = _micro_batches(train_data, cfg, rank, world, collate_fn, epoch, batch_in_epoch, device)
+    log_file, history = _open_log(out, step) if out and is_main else (None, [])
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not (is_main and cfg.progress), desc="train")
+    if rng is not None:
+        _set_rng_state(rng, device)  # last, so nothing above draws from the restored streams
+
+    def log(record):
+        history.append(record)
+        if log_file:
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+
+    last_saved = step
+    stopped_early = cfg.patience is not None and early["bad_evals"] >= cfg.patience  # resuming a finished run
+    t0, tokens = time.perf_counter(), 0.0
+    try:
+        while step < cfg.max_steps and not stopped_early:
+            # --- one optimizer step: accumulate the gradients of grad_accum_steps micro-batches ---
+            loss_sum = torch.zeros((), device=device)
+            step_tokens = 0
+            for micro in range(cfg.grad_accum_steps):
+                epoch, batch_in_epoch, batch, n_tokens = next(batches)
+                step_tokens += n_tokens
+                # DDP all-reduces gradients in backward; only the last micro-batch needs it
+                sync = world == 1 or micro == cfg.grad_accum_steps - 1
+                with nullcontext() if sync else ddp_model.no_sync():
+                    with autocast():
+                        loss = loss_fn(ddp_model, batch)
+                    if loss.dim() != 0:
+                        raise ValueError(f"loss_fn returned shape {tuple(loss.shape)}: return a scalar (e.g. .mean())")
+                    # each micro-batch loss is a mean, so dividing by the count makes the summed
+                    # gradient the gradient of the mean over the whole step's batch
+                    scaler.scale(loss / cfg.grad_accum_steps).backward()
+                loss_sum += loss.detach().float()
+            stats = torch.stack([loss_sum / cfg.grad_accum_steps, torch.tensor(float(step_tokens), device=device)])
+            if world > 1:
+                dist.all_reduce(stats)  # sum over processes (gloo has no AVG)
+            step_loss, step_tokens = stats.tolist()  # one device->host sync per step
+            step_loss /= world
+            if not math.isfinite(step_loss):  # every rank sees the same reduced loss, so all stop together
+                kept = f"{out}/checkpoint.pt (step {last_saved})" if out and last_saved else "none (nothing saved yet)"
+                raise FloatingPointError(f"loss is {step_loss} at step {step + 1}: stopping before the update; "
+                                         f"last good checkpoint: {kept}. Lower lr, set grad_clip, or bf16 not fp16")
+            grad_norm = None
+            if cfg.grad_clip:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            lr = optimizer.param_groups[0]["lr"]
+            scaler.step(optimizer)  # skips the update if fp16 gradients overflowed
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            tokens += step_tokens
+            bar.update(1)
+
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                elapsed = time.perf_counter() - t0
+                record = {"type": "train", "step": step, "epoch": epoch, "loss": step_loss, "lr": lr,
+                          "grad_norm": None if grad_norm is None else grad_norm.item(),
+                          "tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0}
+                log(record)
+                bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:,.0f}")
+                t0, tokens = time.perf_counter(), 0.0
+
+            if eval_fn and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps):
+                metrics = _evaluate(model, eval_fn, autocast, cfg.metric, world)
+                log({"type": "eval", "step": step, **metrics})
+                value, best = metrics[cfg.metric], early["best"]
+                if best is None or (value < best if cfg.mode == "min" else value > best):
+                    early = {"best": value, "best_step": step, "bad_evals": 0}
+                    if out and is_main:
+                        save_checkpoint(os.path.join(out, "best.pt"),
+                                        {"model": model.state_dict(), "step": step, "metrics": metrics})
+                else:
+                    early["bad_evals"] += 1
+                    stopped_early = cfg.patience is not None and early["bad_evals"] >= cfg.patience
+                if is_main and cfg.progress:
+                    stop = f" (no improvement in {cfg.patience} evaluations: stopping)" if stopped_early else ""
+                    bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + stop)
+
+            every = cfg.checkpoint_every or cfg.eval_every
+            if out and ((every and step % every == 0) or step == cfg.max_steps or stopped_early):
+                rng_states = _gather(_rng_state(device), world)  # every rank's dropout stream, for an exact resume
+                if is_main:
+                    save_checkpoint(os.path.join(out, "checkpoint.pt"), {
+                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                        "data": {"epoch": epoch, "batch": batch_in_epoch, "batch_size": cfg.batch_size,
+                                 "world_size": world},
+                        "rng": rng_states, "early_stopping": early, "config": _plain(asdict(cfg))})
+                last_saved = step
+    finally:
+        bar.close()
+        if log_file:
+            log_file.close()
+        if created_group:
+            dist.destroy_process_group()
+    return TrainResult(step, stopped_early, early["best"], early["best_step"], history)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _check_data(dataset, batch_size: int, world: int) -> int:
+    """Fail before training, with the fix in the message; returns micro-batches per epoch per process."""
+    if isinstance(dataset, IterableDataset) or not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        raise TypeError(f"train_data is a {type(dataset).__name__}: pass a map-style dataset (a list of examples or a "
+                        "torch Dataset with __len__ and __getitem__), so that resume can find its place in it")
+    if len(dataset) == 0:
+        raise ValueError("train_data is empty: pass a dataset with at least one example")
+    per_process = math.ceil(len(dataset) / world)  # DistributedSampler pads to equal shares
+    if batch_size > per_process:
+        raise ValueError(f"batch_size {batch_size} is larger than the dataset ({len(dataset)} examples, "
+                         f"{per_process} per process): lower batch_size to at most {per_process} or add data")
+    return per_process // batch_size
+
+
+def _micro_batches(dataset, cfg, rank, world, collate_fn, epoch, start, device):
+    """Yields (epoch, batches done in that epoch, batch on device, token count), forever, from position (epoch, start).
+
+    The order of epoch e depends only on (seed, e), so resume can rebuild it and skip `start` batches
+    without loading them. DistributedSampler gives each process its own share; with one process it is a
+    plain seeded shuffle, so a 1-process run sees the same examples per step as an N-process run."""
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=cfg.shuffle, seed=cfg.seed)
+    bs = cfg.batch_size
+    while True:
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        # drop the ragged tail: equal micro-batches keep "k micro-batches == one k-times-larger batch" exact
+        plan = [order[i:i + bs] for i in range(0, len(order) - bs + 1, bs)]
+        # a DataLoader draws its workers' base seed from `generator`, or else from the global RNG, which
+        # would shift the dropout masks of a resumed run: give it its own
+        loader = DataLoader(dataset, batch_sampler=plan[start:], collate_fn=collate_fn, num_workers=cfg.num_workers,
+                            pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed + epoch))
+        for i, batch in enumerate(loader, start=start + 1):
+            n_tokens = count_tokens(batch)  # before the copy: counting on the GPU would stall the loop
+            yield epoch, i, _to_device(batch, device), n_tokens
+        epoch, start = epoch + 1, 0
+
+
+def count_tokens(batch) -> int:
+    """Tokens in a batch, for tokens/s: non-pad tokens when it has an attention_mask, else all input ids."""
+    if not isinstance(batch, dict):
+        return 0
+    if "num_tokens" in batch:
+        return int(batch["num_tokens"].sum()) if torch.is_tensor(batch["num_tokens"]) else int(batch["num_tokens"])
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    ids = batch.get("input_ids", batch.get("x"))
+    return ids.numel() if torch.is_tensor(ids) else 0
+
+
+def _to_device(batch, device):
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def _check_config(cfg: TrainConfig, eval_fn) -> None:
+    if cfg.max_steps is None and cfg.epochs is None:
+        raise ValueError("TrainConfig needs max_steps or epochs: set one of them")
+    if cfg.decay not in ("linear", "cosine"):
+        raise ValueError(f"decay={cfg.decay!r}: use 'linear' or 'cosine'")
+    if cfg.mode not in ("min", "max"):
+        raise ValueError(f"mode={cfg.mode!r}: use 'min' for a loss or 'max' for an accuracy")
+    if cfg.patience is not None and eval_fn is None:
+        raise ValueError("patience is set but there is no eval_fn: pass eval_fn, or set patience=None")
+    if min(cfg.batch_size, cfg.grad_accum_steps, cfg.log_every) < 1:
+        raise ValueError(f"batch_size={cfg.batch_size}, grad_accum_steps={cfg.grad_accum_steps}, "
+                         f"log_every={cfg.log_every}: each must be >= 1")
+
+
+def seed_everything(seed: int) -> None:
+    """One seed for python's random, numpy and torch (CPU and every GPU): call it before building the model too."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _setup_distributed(cfg: TrainConfig):
+    """(rank, world size, whether we created the process group). torchrun sets WORLD_SIZE, RANK, LOCAL_RANK."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, False
+    use_cuda = cfg.device != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # so "cuda" below means this process's GPU
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return dist.get_rank(), world, created
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _autocast(precision: str, device: torch.device):
+    """(a context factory for the forward pass, whether fp16 needs a GradScaler)."""
+    if precision == "auto":
+        precision = "fp32" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp32":
+        return nullcontext, False
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision='fp16' needs a CUDA GPU (its loss scaling is CUDA-only here): use 'bf16' or 'fp32'")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("this GPU has no bf16: use precision='fp16' (or 'fp32')")
+    if precision not in ("bf16", "fp16"):
+        raise ValueError(f"precision={precision!r}: use 'auto', 'fp32', 'bf16' or 'fp16'")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    # bf16 has fp32's exponent range, so its gradients cannot overflow: only fp16 needs loss scaling
+    return partial(torch.autocast, device.type, dtype=dtype), precision == "fp16"
+
+
+def _enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    found = [m for m in model.modules() if hasattr(m, "gradient_checkpointing")]
+    if not found:
+        raise ValueError(f"gradient_checkpointing=True, but {type(model).__name__} has no module with a "
+                         "`gradient_checkpointing` attribute (GPT2 and BERT have one): set it to False")
+    for m in found:  # e.g. the BERT encoder inside a MultiTaskModel
+        m.gradient_checkpointing = True
+
+
+def _evaluate(model, eval_fn, autocast, metric: str, world: int) -> dict:
+    model.eval()  # no dropout; gradient checkpointing is off outside training
+    with torch.no_grad(), autocast():
+        metrics = {k: float(v) for k, v in eval_fn(model).items()}
+    model.train()
+    if metric not in metrics:
+        raise KeyError(f"eval_fn returned {sorted(metrics)} but cfg.metric is {metric!r}: return it, or change metric")
+    if world > 1:  # every rank evaluates; rank 0's numbers decide, so all ranks stop at the same step
+        box = [metrics]
+        dist.broadcast_object_list(box, src=0)
+        metrics = box[0]
+    return metrics
+
+
+# ----------------------------------------------------------------------------- checkpoints, RNG, logs
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write to a temp file, then rename over `path`: a kill mid-write leaves the previous checkpoint whole."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the checkpoint
+    os.replace(tmp, path)  # atomic on POSIX and Windows
+
+
+def load_checkpoint(path: str, model=None, optimizer=None, scheduler=None, scaler=None) -> dict:
+    """Load checkpoint.pt / best.pt into the objects given. Only tensors and plain containers: weights_only=True."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    for obj, key in ((model, "model"), (optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
+        if obj is not None:
+            obj.load_state_dict(ckpt[key])  # optimizer state moves to its parameters' device
+    return ckpt
+
+
+def _rng_state(device: torch.device) -> dict:
+    np_name, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (np_name, np_keys.tolist(), int(np_pos), int(np_gauss), float(np_cached))}  # plain types
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np_name, np_keys, *rest = state["numpy"]
+    np.random.set_state((np_name, np.array(np_keys, dtype=np.uint32), *rest))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _gather(obj, world: int) -> list:
+    if world == 1:
+        return [obj]
+    objs = [None] * world
+    dist.all_gather_object(objs, obj)
+    return objs
+
+
+def _plain(config: dict) -> dict:
+    # Paths and tuples -> str and lists, so the checkpoint loads with weights_only=True
+    return json.loads(json.dumps(config, default=str))
+
+
+def read_log(path: str) -> list:
+    """The records of a log.jsonl (a line torn by a kill mid-write is skipped)."""
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return records
+
+
+def _open_log(out_dir: str, resume_step: int):
+    """Open out_dir/log.jsonl; on resume keep the records up to the checkpoint (later ones will be redone)."""
+    path = os.path.join(out_dir, "log.jsonl")
+    kept = [r for r in read_log(path) if r["step"] <= resume_step] if resume_step and os.path.exists(path) else []
+    f = open(path, "w")
+    f.writelines(json.dumps(r) + "\n" for r in kept)
+    return f, kept
+
+
+def plot_log(log_path: str, png_path: Optional[str] = None) -> Optional[str]:
+    """Loss curves of a log.jsonl as a PNG. matplotlib is optional: without it, say so and return None."""
+    try:
+        from matplotlib.figure import Figure  # Figure, not pyplot: no GUI backend, no global state
+    except ImportError:
+        print("plot_log: matplotlib is not installed (pip install matplotlib); no plot written")
+        return None
+    records = read_log(log_path)
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    train_recs = [r for r in records if r["type"] == "train"]
+    ax.plot([r["step"] for r in train_recs], [r["loss"] for r in train_recs], label="train loss")
+    val_recs = [r for r in records if r["type"] == "eval" and "val_loss" in r]
+    if val_recs:
+        ax.plot([r["step"] for r in val_recs], [r["val_loss"] for r in val_recs], "o-", label="val loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    png_path = png_path or os.path.splitext(log_path)[0] + ".png"
+    fig.savefig(png_path, dpi=120, bbox_inches="tight")
+    return png_path

@@ -1,0 +1,292 @@
+"""nanoft.data: where files are found (local folder -> cache -> download -> sample), checksums, and the readers, on
+the real public files (../shared/data) and on the bundled samples. Downloads go to a local http.server only."""
+import hashlib
+import http.server
+import io
+import json
+import shutil
+import threading
+import zipfile
+from collections import Counter
+
+import pytest
+
+from nanoft import data
+from nanoft.data import (MANIFEST, SAMPLE_DIR, check_sha256, dataset_path, read_sst2, read_squad, read_text,
+                         sha256_file)
+
+REAL_COUNTS = {"sst2/train.tsv": 67349, "sst2/dev.tsv": 872, "squad_v1.1/dev-v1.1.json": 10570,
+               "squad_v1.1_devsplit/train.json": 8582, "squad_v1.1_devsplit/eval.json": 1988}
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """An empty cache, no NANOFT_DATA, offline unless a test says otherwise, and no proxy for 127.0.0.1."""
+    monkeypatch.setenv("NANOFT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("NANOFT_OFFLINE", "1")
+    for var in ["NANOFT_DATA", "HF_HUB_OFFLINE", "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
+                "ALL_PROXY"]:
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+def _sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def _count(name, path):
+    return len(read_sst2(path) if name.endswith(".tsv") else read_squad(path))
+
+
+# ----------------------------------------------------------------------------- the manifest and the samples
+
+
+def test_manifest_matches_published_checksums(shared_data_dir):
+    for name, entry in MANIFEST.items():
+        assert (SAMPLE_DIR / entry["sample"]).is_file(), name
+        assert ("url" in entry) != ("derive" in entry), name
+        if "url" in entry:
+            assert entry["url"].startswith("https://"), name
+    if shared_data_dir is None or not (shared_data_dir / "SHA256SUMS").is_file():
+        pytest.skip("../shared/data not available")
+    sums = dict(reversed(line.split()) for line in (shared_data_dir / "SHA256SUMS").read_text().splitlines())
+    assert sums and all(MANIFEST[name]["sha256"] == sha for name, sha in sums.items())
+
+
+def test_samples_have_the_real_formats_and_are_small():
+    train, dev = read_sst2(SAMPLE_DIR / "sst2_sample/train.tsv"), read_sst2(SAMPLE_DIR / "sst2_sample/dev.tsv")
+    assert len(train) == 300 and len(dev) == 80
+    assert Counter(y for _, y in train) == {0: 150, 1: 150} and Counter(y for _, y in dev) == {0: 40, 1: 40}
+    assert not {s for s, _ in train} & {s for s, _ in dev}
+    assert all(s == s.lower() for s, _ in train + dev)
+    for split, n in [("train", 49), ("eval", 16)]:
+        examples = read_squad(SAMPLE_DIR / f"squad_sample/{split}.json")
+        assert len(examples) == n and len({e["id"] for e in examples}) == n
+        for e in examples:
+            for a in e["answers"]:
+                assert e["context"][a["answer_start"]:a["answer_start"] + len(a["text"])] == a["text"], e["id"]
+    assert 40_000 < len(read_text(SAMPLE_DIR / "lm_sample.txt")) < 60_000
+    assert 20_000 < len(read_text(SAMPLE_DIR / "lm_sample_play.txt")) < 40_000
+    total = sum(f.stat().st_size for f in (SAMPLE_DIR.parent).rglob("*") if f.is_file())
+    assert total < 300_000
+
+
+# ----------------------------------------------------------------------------- the real files
+
+
+@pytest.mark.parametrize("name", list(REAL_COUNTS))
+def test_readers_on_the_real_files(shared_data_dir, name):
+    if shared_data_dir is None:
+        pytest.skip("../shared/data not available")
+    f = dataset_path(name, shared_data_dir)
+    assert f == (shared_data_dir / name, False)
+    assert _count(name, f.path) == REAL_COUNTS[name]
+    if name == "sst2/train.tsv":
+        rows = read_sst2(f.path)
+        assert Counter(y for _, y in rows) == {1: 37569, 0: 29780}
+        assert rows[0] == ("hide new secretions from the parental units ", 0)
+    if name.endswith(".json"):
+        for e in read_squad(f.path):
+            for a in e["answers"]:
+                assert e["context"][a["answer_start"]:].startswith(a["text"])
+
+
+def test_devsplit_is_derived_byte_for_byte(shared_data_dir, tmp_path, capsys):
+    if shared_data_dir is None:
+        pytest.skip("../shared/data not available")
+    only_dev = tmp_path / "only_dev"
+    (only_dev / "squad_v1.1").mkdir(parents=True)
+    shutil.copy(shared_data_dir / "squad_v1.1/dev-v1.1.json", only_dev / "squad_v1.1")
+    for part in ["train", "eval"]:
+        name = f"squad_v1.1_devsplit/{part}.json"
+        f = dataset_path(name, only_dev)
+        assert f == (data.data_cache() / name, False)
+        assert f.path.read_bytes() == (shared_data_dir / name).read_bytes()
+        assert _count(name, f.path) == REAL_COUNTS[name]
+    assert "sample" not in capsys.readouterr().out
+    assert dataset_path("squad_v1.1_devsplit/eval.json").path == data.data_cache() / "squad_v1.1_devsplit/eval.json"
+
+
+# ----------------------------------------------------------------------------- where files are found
+
+
+def test_resolution_order(tmp_path, monkeypatch, capsys):
+    name = "sst2/dev.tsv"
+    explicit, env = tmp_path / "explicit", tmp_path / "env"
+    for folder in (explicit, env):
+        (folder / "sst2").mkdir(parents=True)
+        (folder / name).write_text("sentence\tlabel\nok .\t1\n")
+    cached = data.data_cache() / name
+    cached.parent.mkdir(parents=True)
+    shutil.copy(SAMPLE_DIR / "sst2_sample/dev.tsv", cached)
+    monkeypatch.setitem(MANIFEST[name], "sha256", sha256_file(cached))
+
+    monkeypatch.setenv("NANOFT_DATA", str(env))
+    assert dataset_path(name, explicit) == (explicit / name, False)      # 1. the argument
+    assert dataset_path(name) == (env / name, False)                     # 1. NANOFT_DATA
+    assert dataset_path("sst2/train.tsv", explicit).is_sample            # a folder without the file: keep looking
+    monkeypatch.delenv("NANOFT_DATA")
+    assert dataset_path(name) == (cached, False)                         # 2. the cache
+    cached.write_text("sentence\tlabel\ncorrupted .\t0\n")
+    f = dataset_path(name)                                               # a cached file with the wrong sha256
+    assert f == (SAMPLE_DIR / "sst2_sample/dev.tsv", True) and not cached.exists()
+    assert "does not match its sha256" in capsys.readouterr().out
+
+
+def test_offline_falls_back_to_the_sample_with_a_notice(monkeypatch, capsys):
+    for env in ["NANOFT_OFFLINE", "HF_HUB_OFFLINE"]:
+        monkeypatch.delenv("NANOFT_OFFLINE")
+        monkeypatch.setenv(env, "1")
+        f = dataset_path("squad_v1.1/train-v1.1.json")
+        assert f == (SAMPLE_DIR / "squad_sample/train.json", True)
+        out = capsys.readouterr().out
+        assert ("using the small sample data/sample/squad_sample/train.json (written for nanoft) because "
+                "squad_v1.1/train-v1.1.json was not found locally and could not be downloaded; pass --data-dir "
+                "or set NANOFT_DATA") in out
+        monkeypatch.delenv(env)
+        monkeypatch.setenv("NANOFT_OFFLINE", "1")
+    assert dataset_path("tiny_shakespeare/input.txt", download=False).path.name == "lm_sample_play.txt"
+
+
+def test_bad_names_and_folders():
+    with pytest.raises(KeyError, match="unknown dataset file 'sst2/test.tsv': use one of sst2/train.tsv"):
+        dataset_path("sst2/test.tsv")
+    with pytest.raises(FileNotFoundError, match="data folder /no/such/dir does not exist: pass a folder laid out like"):
+        dataset_path("sst2/dev.tsv", "/no/such/dir")
+
+
+def test_sha256_check_message(tmp_path):
+    f = tmp_path / "x.txt"
+    f.write_bytes(b"hello\n")
+    good = _sha(b"hello\n")
+    check_sha256(f, good)
+    with pytest.raises(ValueError, match=f"sha256 mismatch for {f}: expected 0{{64}}, got {good}: the file is "
+                                         f"corrupt or changed upstream; delete {f} and run again"):
+        check_sha256(f, "0" * 64)
+
+
+# ----------------------------------------------------------------------------- downloads (local server only)
+
+
+class _Server:
+    """http.server on 127.0.0.1 serving a folder, counting requests."""
+
+    def __init__(self, folder):
+        self.paths = []
+        outer = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, directory=str(folder), **kwargs)
+
+            def do_GET(self):
+                outer.paths.append(self.path)
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    www = tmp_path / "www"
+    www.mkdir()
+    s = _Server(www)
+    s.www = www
+    yield s
+    s.close()
+
+
+def test_download_zip_member_through_local_server(server, monkeypatch, capsys):
+    monkeypatch.delenv("NANOFT_OFFLINE")
+    train, dev = (SAMPLE_DIR / "sst2_sample/train.tsv").read_bytes(), (SAMPLE_DIR / "sst2_sample/dev.tsv").read_bytes()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("SST-2/train.tsv", train)
+        z.writestr("SST-2/dev.tsv", dev)
+        z.writestr("SST-2/test.tsv", "index\tsentence\n0\tx\n")
+    (server.www / "SST-2.zip").write_bytes(buf.getvalue())
+    for name, content in [("sst2/train.tsv", train), ("sst2/dev.tsv", dev)]:
+        monkeypatch.setitem(MANIFEST[name], "url", f"{server.url}/SST-2.zip")
+        monkeypatch.setitem(MANIFEST[name], "sha256", _sha(content))
+
+    f = dataset_path("sst2/train.tsv")
+    assert f == (data.data_cache() / "sst2/train.tsv", False) and f.path.read_bytes() == train
+    assert dataset_path("sst2/dev.tsv").path.read_bytes() == dev   # from the zip already downloaded
+    assert server.paths == ["/SST-2.zip"]
+    server.close()
+    assert dataset_path("sst2/train.tsv") == f                      # then from the cache, no network
+    assert "sample" not in capsys.readouterr().out
+    assert len(read_sst2(f)) == 300  # a DataFile is path-like
+
+
+def test_download_plain_file_and_checksum_failure(server, monkeypatch):
+    monkeypatch.delenv("NANOFT_OFFLINE")
+    name, text = "tiny_shakespeare/input.txt", b"FIRST SPEAKER:\nA line written for this test.\n"
+    (server.www / "input.txt").write_bytes(text)
+    monkeypatch.setitem(MANIFEST[name], "url", f"{server.url}/input.txt")
+    monkeypatch.setitem(MANIFEST[name], "sha256", "0" * 64)
+    with pytest.raises(ValueError, match="sha256 mismatch"):
+        dataset_path(name)
+    assert not any((data.data_cache() / "tiny_shakespeare").iterdir())  # no wrong or half file left behind
+    monkeypatch.setitem(MANIFEST[name], "sha256", _sha(text))
+    assert dataset_path(name).path.read_bytes() == text
+
+    # a zip whose member does not match its checksum: an error that says what to do, and nothing cached
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("wikitext-2/wiki.valid.tokens", " = Not the real file = \n")
+    (server.www / "wikitext-2-v1.zip").write_bytes(buf.getvalue())
+    monkeypatch.setitem(MANIFEST["wikitext-2/wiki.valid.tokens"], "url", f"{server.url}/wikitext-2-v1.zip")
+    with pytest.raises(ValueError, match="sha256 mismatch for .*wikitext-2-v1.zip:wikitext-2/wiki.valid.tokens.*"
+                                         "delete .* and run again"):
+        dataset_path("wikitext-2/wiki.valid.tokens")
+    assert not (data.data_cache() / "wikitext-2/wiki.valid.tokens").exists()
+
+
+def test_unreachable_source_falls_back_to_the_sample(server, monkeypatch, capsys):
+    monkeypatch.delenv("NANOFT_OFFLINE")
+    monkeypatch.setitem(MANIFEST["squad_v1.1/dev-v1.1.json"], "url", f"{server.url}/missing.json")
+    f = dataset_path("squad_v1.1/dev-v1.1.json")
+    assert f == (SAMPLE_DIR / "squad_sample/eval.json", True)
+    out = capsys.readouterr().out
+    assert "could not download squad_v1.1/dev-v1.1.json" in out and "using the small sample" in out
+    # the devsplit is derived from dev-v1.1.json: without it, the devsplit's own sample
+    assert dataset_path("squad_v1.1_devsplit/eval.json") == (SAMPLE_DIR / "squad_sample/eval.json", True)
+
+
+# ----------------------------------------------------------------------------- readers: malformed input
+
+
+@pytest.mark.parametrize("content, match", [
+    ("index\tsentence\n0\tx\n", r"x.tsv:1: expected the header 'sentence\\tlabel'.*GLUE's test.tsv has no labels"),
+    ("sentence\tlabel\ngood .\t1\nbad\tcolumns\t0\n", r"x.tsv:3: expected 'sentence<TAB>label' with label 0 or 1.*fix"),
+    ("sentence\tlabel\ngood .\t1\nfine .\tpositive\n", r"x.tsv:3: .*label 0 or 1"),
+    ("sentence\tlabel\ngood .\t1\n\n", r"x.tsv:3: "),
+])
+def test_read_sst2_rejects_malformed_rows(tmp_path, content, match):
+    (tmp_path / "x.tsv").write_text(content)
+    with pytest.raises(ValueError, match=match):
+        read_sst2(tmp_path / "x.tsv")
+
+
+def test_read_squad_rejects_malformed_files(tmp_path):
+    f = tmp_path / "bad.json"
+    f.write_text(json.dumps({"version": "1.1", "articles": []}))
+    with pytest.raises(ValueError, match="no 'data' list at the top: pass a SQuAD v1.1 file"):
+        read_squad(f)
+    no_answers = {"id": "1", "question": "q"}
+    f.write_text(json.dumps({"data": [{"title": "T", "paragraphs": [{"context": "c", "qas": [no_answers]}]}]}))
+    with pytest.raises(ValueError, match="article 0, paragraph 0: malformed question .*'answers'"):
+        read_squad(f)
+    f.write_text(json.dumps({"data": []}))
+    with pytest.raises(ValueError, match="no questions found"):
+        read_squad(f)
