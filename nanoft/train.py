@@ -53,6 +53,7 @@ class TrainConfig:
     device: str = "auto"  # "auto": cuda if available, else cpu
     precision: str = "auto"  # "auto" (bf16 on CUDA, fp16 on older GPUs, fp32 on CPU) | "fp32" | "bf16" | "fp16"
     gradient_checkpointing: bool = False  # GPT2 / BERT: recompute blocks in backward to save memory
+    compile: bool = False  # torch.compile the training forward/backward (the first steps pay for compiling)
     find_unused_parameters: bool = False  # DDP: True when some parameters get no gradient (multi-task heads)
     # evaluation and early stopping
     eval_every: int = 0  # optimizer steps between evaluations; 0: only at the end
@@ -61,7 +62,7 @@ class TrainConfig:
     patience: Optional[int] = None  # stop after this many evaluations without improvement; None: never
     # files: out_dir/checkpoint.pt (latest), best.pt (best weights), log.jsonl; out_dir None: no files
     out_dir: Optional[str] = None
-    checkpoint_every: int = 0  # optimizer steps; 0: at each evaluation and at the end
+    checkpoint_every: int = 0  # optimizer steps; 0: at each evaluation and at the end; -1: never (no resume)
     resume: bool = False  # continue from out_dir/checkpoint.pt when it exists
     log_every: int = 10
     progress: bool = True  # tqdm bar and messages (rank 0 only)
@@ -117,6 +118,10 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, cfg: TrainConfi
         if is_main and cfg.progress:
             print(f"resuming from {out}/checkpoint.pt at step {step}")
     ddp_model = DDP(model, find_unused_parameters=cfg.find_unused_parameters) if world > 1 else model
+    if cfg.compile:
+        # a wrapper around the same parameters, used for the training steps only: eval_fn and the saved
+        # state_dict see the plain model (no "_orig_mod." in the names, no recompiling for eval shapes)
+        ddp_model = torch.compile(ddp_model)
     batches = _micro_batches(train_data, cfg, rank, world, collate_fn, epoch, batch_in_epoch, device)
     log_file, history = _open_log(out, step) if out and is_main else (None, [])
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not (is_main and cfg.progress), desc="train")
@@ -199,7 +204,7 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, cfg: TrainConfi
                     bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + stop)
 
             every = cfg.checkpoint_every or cfg.eval_every
-            if out and ((every and step % every == 0) or step == cfg.max_steps or stopped_early):
+            if out and every >= 0 and ((every and step % every == 0) or step == cfg.max_steps or stopped_early):
                 rng_states = _gather(_rng_state(device), world)  # every rank's dropout stream, for an exact resume
                 if is_main:
                     save_checkpoint(os.path.join(out, "checkpoint.pt"), {

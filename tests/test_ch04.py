@@ -25,21 +25,27 @@ def test_chapter4_tiny_run(tmp_path, monkeypatch, capsys, shared_data_dir):
     monkeypatch.setenv("NANOFT_OFFLINE", "1")  # never download in tests: shared data or the sample
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     data = ["--data-dir", str(shared_data_dir)] if shared_data_dir else []
+    pretrain_main = pretrain.main
+    # the chapter pretrains the offline model itself when it is not cached: at toy size here (later flags win)
+    monkeypatch.setattr(pretrain, "main", lambda argv=None: pretrain_main(list(argv or []) + TINY_PRETRAIN))
+
+    results = ch04.main(data + TINY_CHAPTER + ["--out-dir", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert "pretraining a small GPT-2 on WikiText-2 first" in out
 
     # the offline pretrained model: saved in Hugging Face format into the cache, loadable by GPT2.from_pretrained
-    folder = pretrain.main(data + TINY_PRETRAIN)
-    assert folder == pretrain.cached_model_dir(shared_data_dir) and str(folder).startswith(str(tmp_path))
+    folder = pretrain.cached_model_dir(shared_data_dir)
+    assert str(folder).startswith(str(tmp_path)) and results["model"] == str(folder)
     model = GPT2.from_pretrained(folder)
     assert (model.config.n_layer, model.config.n_embd, model.config.vocab_size) == (1, 16, 50257)
     tok = load_gpt2_tokenizer(folder)
     assert tok.encode("Hello world") == [15496, 995]  # GPT-2's own BPE ids, from the folder's tokenizer.json
     info = json.loads((folder / pretrain.INFO_FILE).read_text())
     assert info["steps"] == 3 and info["is_sample"] == (shared_data_dir is None)
-    capsys.readouterr()
-
-    results = ch04.main(data + TINY_CHAPTER + ["--out-dir", str(tmp_path / "out")])
-    out = capsys.readouterr().out
-    assert "pretraining a small GPT-2" not in out  # the cached model was reused, not trained again
+    assert results["pretrain"] == info
+    # a second run reuses it instead of training again
+    assert pretrain_main(data + TINY_PRETRAIN) == folder
+    assert "reusing it" in capsys.readouterr().out
 
     # task tokens: added after GPT-2's vocabulary, wrapped around each speech, present in the training ids
     assert "new rows = mean of the old rows: True" in out

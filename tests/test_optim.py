@@ -80,7 +80,7 @@ def test_frozen_parameters_are_left_out():
 
 def test_describe_groups_prints_names():
     model = LSTMLM(LSTMConfig(vocab_size=40, emb_dim=8, hidden_dim=8, n_layers=1))
-    text = describe_groups(param_groups(model, 0.01))
+    text = describe_groups(param_groups(model, 0.01), with_names=True)
     assert "weight_decay=0.01: 3 tensors" in text and "weight_decay=0.0: 4 tensors" in text
     for name, _ in model.named_parameters():
         assert f"    {name}\n" in text + "\n"

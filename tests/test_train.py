@@ -226,6 +226,13 @@ def test_early_stopping_and_best_checkpoint(tmp_path, mode, values, best_eval, s
     assert [r["score"] for r in evals] == values[:stop_eval]
 
 
+def test_checkpoint_every_minus_one_keeps_only_best(tmp_path):
+    # chapters that never resume skip the (weights + AdamW moments) resume file but still keep best.pt
+    cfg = cfg_for(tmp_path, max_steps=4, eval_every=2, checkpoint_every=-1)
+    train(TinyNet(dropout=0.0), tiny_dataset(), loss_fn, cfg, eval_fn=lambda m: {"val_loss": 1.0})
+    assert (tmp_path / "best.pt").exists() and not (tmp_path / "checkpoint.pt").exists()
+
+
 def test_eval_fn_must_return_the_metric():
     with pytest.raises(KeyError, match="cfg.metric is 'val_loss'"):
         train(TinyNet(), tiny_dataset(), loss_fn, cfg_for(eval_every=2), eval_fn=lambda m: {"acc": 1.0})
