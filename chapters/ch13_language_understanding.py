@@ -69,10 +69,10 @@ def minilm_dir():
 # Steps of None (--full) mean --epochs passes over the training data.
 QUICK = dict(sst2_train=4000, sst2_val=500, max_len=64, batch_size=32, sst2_steps=100, tapt_steps=120,
              squad_train_n=2000, squad_val_n=200, squad_eval_n=500, squad_max_len=192, doc_stride=64,
-             squad_batch_size=16, squad_steps=80)
+             squad_batch_size=16, squad_steps=80, evals=3)
 FULL = dict(sst2_train=0, sst2_val=2000, max_len=128, batch_size=32, sst2_steps=None, tapt_steps=None,
             squad_train_n=0, squad_val_n=0, squad_eval_n=0, squad_max_len=384, doc_stride=128, squad_batch_size=32,
-            squad_steps=None)
+            squad_steps=None, evals=6)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -154,8 +154,9 @@ def build_parser():
     g.add_argument("--dropout", type=float, default=0.1, help="dropout before the classification head's linear layer")
     g.add_argument("--pooling", choices=["cls", "mean"], default="cls",
                    help="SST-2 head input: 'cls' = BERT's pooler on [CLS] (the chapter's), 'mean' = masked mean")
-    g.add_argument("--evals", type=int, default=3,
-                   help="validation evaluations per fine-tuning run (they drive early stopping and the best weights)")
+    g.add_argument("--evals", type=int, default=None,
+                   help="validation evaluations per fine-tuning run (they drive early stopping and the best weights) "
+                        "[3 / 6]")
     g.add_argument("--patience", type=int, default=2,
                    help="stop a run after this many validation evaluations without improvement")
     g.add_argument("--n-best", type=int, default=20, help="SQuAD post-processing: start/end candidates per window")
@@ -173,6 +174,9 @@ def build_parser():
                    help="'auto' (bf16 on a GPU, fp32 on CPU), 'fp32', 'bf16' or 'fp16'")
     g.add_argument("--seed", type=int, default=0,
                    help="seed for the subsets, splits, head init, data order and dropout")
+    g.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (0 = torch's default, one per core); on a machine busy with other jobs "
+                        "1 can be several times faster, because threads that wait for each other waste their turns")
     g.add_argument("--no-progress", action="store_true", help="no tqdm bars (the story is still printed)")
     return p
 
@@ -532,6 +536,8 @@ def print_table(rows):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     tok = load_bert_tokenizer(args.model)
     encoder = BERT.from_pretrained(args.model)

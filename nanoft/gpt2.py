@@ -148,11 +148,15 @@ class GPT2(nn.Module):
             n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, input_ids, targets=None, past_key_values=None, use_cache=False):
+    def forward(self, input_ids, targets=None, past_key_values=None, use_cache=False, last_only=False):
         """input_ids (B, T) -> logits (B, T, V); with targets (B, T) also the mean cross-entropy (-100 = ignore);
         with use_cache also the new cache: a list per layer of (k, v), each (B, nh, T_past + T, hs).
+        last_only: logits of the last position only, (B, 1, V): all that generation needs.
         Returns logits alone, or a tuple (logits, [loss], [cache]) of what was asked for, in that order."""
         B, T = input_ids.shape
+        if last_only and targets is not None:
+            raise ValueError("last_only=True gives logits for one position, so there is no loss over targets: "
+                             "pass targets or last_only=True, not both")
         T_past = past_key_values[0][0].size(2) if past_key_values is not None else 0
         if T_past + T > self.config.n_positions:
             raise ValueError(f"sequence length {T_past + T} exceeds n_positions={self.config.n_positions}: "
@@ -171,6 +175,10 @@ class GPT2(nn.Module):
                 x, present = block(x, layer_past, use_cache)
             if use_cache:
                 presents.append(present)
+        if last_only:
+            # the LM head costs C * V per position and its output is the forward's largest tensor (a 1024-token
+            # prompt: 206 MB per sequence): generation wants the next token only, so skip the other positions
+            x = x[:, -1:, :]  # (B, 1, C)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
 
         if targets is None and not use_cache:
@@ -202,9 +210,10 @@ class GPT2(nn.Module):
             finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
             for _ in range(max_new_tokens):
                 if use_cache:  # feed only what the cache has not seen: the prompt first, then one token a step
-                    logits, past = self(ids if past is None else ids[:, -1:], past_key_values=past, use_cache=True)
+                    logits, past = self(ids if past is None else ids[:, -1:], past_key_values=past, use_cache=True,
+                                        last_only=True)
                 else:
-                    logits = self(ids[:, -self.config.n_positions:])
+                    logits = self(ids[:, -self.config.n_positions:], last_only=True)
                 next_id = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, do_sample, generator)  # (B,)
                 if eos_token_id is not None:
                     next_id = next_id.masked_fill(finished, eos_token_id)
