@@ -81,9 +81,14 @@ def dataset_path(name: str, data_dir=None, download: bool = True) -> DataFile:
     if not sample.is_file():
         raise FileNotFoundError(f"{name} was not found locally, could not be downloaded, and the bundled sample "
                                 f"{sample} is missing: pass --data-dir or set NANOFT_DATA to a folder that has {name}")
-    print(f"nanoft: using the small sample data/sample/{MANIFEST[name]['sample']} (written for nanoft) because {name} "
-          "was not found locally and could not be downloaded; pass --data-dir or set NANOFT_DATA")
+    if name not in _announced:  # once per file and process: a chapter may ask for the same file several times
+        _announced.add(name)
+        print(f"nanoft: using the small sample data/sample/{MANIFEST[name]['sample']} (written for nanoft) because "
+              f"{name} was not found locally and could not be downloaded; pass --data-dir or set NANOFT_DATA")
     return DataFile(sample, True)
+
+
+_announced = set()
 
 
 def _find(name, data_dir, download):

@@ -133,8 +133,14 @@ def test_resolution_order(tmp_path, monkeypatch, capsys):
     assert "does not match its sha256" in capsys.readouterr().out
 
 
+@pytest.fixture(autouse=True)
+def _fresh_sample_notices(monkeypatch):
+    monkeypatch.setattr(data, "_announced", set())  # each test sees the notice as a fresh process would
+
+
 def test_offline_falls_back_to_the_sample_with_a_notice(monkeypatch, capsys):
     for env in ["NANOFT_OFFLINE", "HF_HUB_OFFLINE"]:
+        data._announced.clear()
         monkeypatch.delenv("NANOFT_OFFLINE")
         monkeypatch.setenv(env, "1")
         f = dataset_path("squad_v1.1/train-v1.1.json")
@@ -146,6 +152,9 @@ def test_offline_falls_back_to_the_sample_with_a_notice(monkeypatch, capsys):
         monkeypatch.delenv(env)
         monkeypatch.setenv("NANOFT_OFFLINE", "1")
     assert dataset_path("tiny_shakespeare/input.txt", download=False).path.name == "lm_sample_play.txt"
+    capsys.readouterr()
+    dataset_path("tiny_shakespeare/input.txt", download=False)
+    assert "using the small sample" not in capsys.readouterr().out  # the notice comes once per file
 
 
 def test_bad_names_and_folders():
