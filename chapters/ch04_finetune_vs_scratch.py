@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 
 from nanoft.data import dataset_path, read_text
 from nanoft.gpt2 import GPT2
-from nanoft.lm_data import LMBlocks, split_examples, split_train_val, wrap_with_task_tokens
+from nanoft.lm_data import LMBlocks, split_examples, split_train_val, tokenize_corpus, wrap_with_task_tokens
 from nanoft.lstm import LSTMConfig, LSTMLM
 from nanoft.metrics import evaluate_lm
 from nanoft.tokenizer import add_special_tokens, load_gpt2_tokenizer
@@ -79,6 +79,17 @@ def build_parser():
     p.add_argument("--lstm-emb", type=int, default=128, help="the LSTM's embedding size (the chapter's 128)")
     p.add_argument("--lstm-hidden", type=int, default=128, help="the LSTM's hidden size (the chapter's 128)")
     p.add_argument("--lstm-dropout", type=float, default=0.1, help="dropout in the LSTM (GPT-2 keeps its config's)")
+    p.add_argument("--lstm-layers", type=int, default=2, help="the LSTM's depth (the chapter's 2)")
+    g = p.add_argument_group("exercises (chapters/ch04_exercises.md)")
+    g.add_argument("--no-task-tokens", action="store_true",
+                   help="no [TASK_START]/[TASK_END]: the speeches as plain text, a blank line apart, for both models")
+    g.add_argument("--train-last-blocks", type=int, default=None, metavar="K",
+                   help="fine-tune only GPT-2's last K blocks and its final LayerNorm; the embeddings (tied to the "
+                        "output layer) and the other blocks stay frozen (None: all of GPT-2 is fine-tuned)")
+    g.add_argument("--train-tokens", type=int, default=0, metavar="N",
+                   help="train on only the first N training tokens (both models; validation unchanged; 0 = all)")
+    g.add_argument("--skip-lstm", action="store_true",
+                   help="fine-tune GPT-2 only and stop there, for exercises that change only GPT-2's side")
     p.add_argument("--gen-tokens", type=int, default=60, help="tokens to generate from each model at the end")
     p.add_argument("--prompt", default=None,
                    help="text after [TASK_START] for the samples; default: the first line (the speaker) of the last "
@@ -208,22 +219,30 @@ def main(argv=None):
 
     # 2. Add the task tokens and grow GPT-2's embeddings to hold them
     old_vocab = c.vocab_size
-    start_id, end_id = add_special_tokens(tok, TASK_TOKENS)
-    gpt2.resize_token_embeddings(tok.vocab_size)  # new rows = the mean of the old ones
-    wte = gpt2.transformer.wte.weight
-    is_mean = torch.allclose(wte[start_id], wte[:old_vocab].mean(0), atol=1e-6)
-    print(f"Added {TASK_TOKENS} as ids {start_id}, {end_id}: embeddings {old_vocab:,} -> {tok.vocab_size:,} rows "
-          f"(new rows = mean of the old rows: {is_mean})")
+    start_id = end_id = -1  # no such id: with --no-task-tokens nothing counts as one
+    if not args.no_task_tokens:
+        start_id, end_id = add_special_tokens(tok, TASK_TOKENS)
+        gpt2.resize_token_embeddings(tok.vocab_size)  # new rows = the mean of the old ones
+        wte = gpt2.transformer.wte.weight
+        is_mean = torch.allclose(wte[start_id], wte[:old_vocab].mean(0), atol=1e-6)
+        print(f"Added {TASK_TOKENS} as ids {start_id}, {end_id}: embeddings {old_vocab:,} -> {tok.vocab_size:,} rows "
+              f"(new rows = mean of the old rows: {is_mean})")
 
     # 3. The task data: Tiny Shakespeare, one task example per speech, wrapped in the task tokens
     data = dataset_path("tiny_shakespeare/input.txt", args.data_dir)
     speeches = split_examples(read_text(data.path))
-    ids = wrap_with_task_tokens(speeches, tok)
+    if args.no_task_tokens:  # the exercise's plain text: each speech followed by a blank line, as in the file
+        wrap = lambda texts: tokenize_corpus("".join(t + "\n\n" for t in texts), tok)
+    else:
+        wrap = lambda texts: wrap_with_task_tokens(texts, tok)
+    ids = wrap(speeches)
     print(f"Task corpus: {data.path}{'  (SAMPLE: Tiny Shakespeare was not found)' if data.is_sample else ''}")
     print(f"  {len(speeches):,} speeches -> {len(ids):,} tokens. One wrapped example:")
-    print("  " + tok.decode(wrap_with_task_tokens(speeches[:1], tok)).replace("\n", "\n  "))
+    print("  " + tok.decode(wrap(speeches[:1])).replace("\n", "\n  "))
     val_fraction = max(args.val_fraction, (2 * args.block_size + 2) / len(ids))  # a tiny corpus still gets 2 blocks
     train_ids, val_ids = split_train_val(ids, val_fraction)
+    if args.train_tokens:
+        train_ids = train_ids[:args.train_tokens]
     n_task = int(((train_ids == start_id) | (train_ids == end_id)).sum())
     print(f"  training ids: {len(train_ids):,} tokens, {n_task:,} of them task tokens "
           f"({int((train_ids == start_id).sum()):,} x {TASK_TOKENS[0]}, {int((train_ids == end_id).sum()):,} x "
@@ -247,14 +266,28 @@ def main(argv=None):
     if args.lr is None and pretrain_info:
         print(f"  (not the chapter's {CHAPTER_LR:g}: that suits a 124M-parameter GPT-2 over thousands of steps; this "
               f"small model needs larger steps, and {SMALL_MODEL_LR:g} did best on validation; see --help)")
+    if args.train_last_blocks is not None:  # the exercise: freeze everything but the last K blocks
+        if not 0 <= args.train_last_blocks <= c.n_layer:
+            raise ValueError(f"--train-last-blocks {args.train_last_blocks}: the model has {c.n_layer} blocks: "
+                             f"pass 0 to {c.n_layer}")
+        gpt2.requires_grad_(False)
+        for module in [*gpt2.transformer.h[c.n_layer - args.train_last_blocks:], gpt2.transformer.ln_f]:
+            module.requires_grad_(True)
+    n_trained = sum(p.numel() for p in gpt2.parameters() if p.requires_grad)
+    if n_trained < gpt2.num_parameters():
+        print(f"  trained: the last {args.train_last_blocks} block(s) and ln_f, {n_trained:,} of "
+              f"{gpt2.num_parameters():,} parameters")
     gpt_rows = train_and_measure("GPT-2", gpt2, train_blocks, val_loader, train_config(lr))
+    if args.skip_lstm:  # an exercise that changes only GPT-2's side: its curve is the result
+        return {"model": str(model_name), "gpt2_lr": lr, "gpt2_trainable": n_trained, "task_tokens_in_train": n_task,
+                "gpt2": gpt_rows}
 
     # 5. Train a 2-layer LSTM from scratch on the same tokens, with the same loop
     seed_everything(args.seed)
     lstm = LSTMLM(LSTMConfig(vocab_size=tok.vocab_size, emb_dim=args.lstm_emb, hidden_dim=args.lstm_hidden,
-                             n_layers=2, dropout=args.lstm_dropout))
-    print(f"\nTraining an LSTM from scratch: 2 layers, embedding {args.lstm_emb}, hidden {args.lstm_hidden}, "
-          f"{lstm.num_parameters():,} parameters, lr {args.lstm_lr:g}")
+                             n_layers=args.lstm_layers, dropout=args.lstm_dropout))
+    print(f"\nTraining an LSTM from scratch: {args.lstm_layers} layers, embedding {args.lstm_emb}, hidden "
+          f"{args.lstm_hidden}, {lstm.num_parameters():,} parameters, lr {args.lstm_lr:g}")
     lstm_rows = train_and_measure("LSTM", lstm, train_blocks, val_loader, train_config(args.lstm_lr))
 
     # 6. Compare: perplexity against tokens seen and training time
@@ -267,17 +300,21 @@ def main(argv=None):
 
     # 7. Samples from both models, for the same prompt after [TASK_START]
     prompt = args.prompt if args.prompt is not None else speeches[-1].splitlines()[0]  # a speaker from validation
-    prompt_ids = torch.tensor([[start_id] + tok.encode(prompt + "\n")], dtype=torch.long)
+    start = [start_id] if start_id >= 0 else []  # without task tokens: the speaker's line alone, and no stop token
+    eos = end_id if end_id >= 0 else None
+    prompt_ids = torch.tensor([start + tok.encode(prompt + "\n")], dtype=torch.long)
     samples = {}
     for name, model in (("GPT-2 fine-tuned", gpt2), ("LSTM from scratch", lstm)):
         device = next(model.parameters()).device
         out = model.generate(prompt_ids.to(device), max_new_tokens=args.gen_tokens, temperature=0.8, top_k=40,
-                             eos_token_id=end_id, generator=torch.Generator(device).manual_seed(args.seed))
+                             eos_token_id=eos, generator=torch.Generator(device).manual_seed(args.seed))
         samples[name] = tok.decode(out[0].cpu())
         print(f"\n--- {name} ---\n{samples[name]}")
 
     results = {"model": str(model_name), "task_data": str(data.path), "task_data_is_sample": data.is_sample,
                "pretrain": pretrain_info, "gpt2_lr": lr, "lstm_lr": args.lstm_lr, "task_tokens_in_train": n_task,
+               "vocab_size": tok.vocab_size, "train_tokens": len(train_ids), "gpt2_trainable": n_trained,
+               "lstm_params": lstm.num_parameters(),
                "gpt2": gpt_rows, "lstm": lstm_rows, "summary": summary, "samples": samples, "plot": png}
     with open(os.path.join(args.out_dir, "ch04_results.json"), "w") as f:
         json.dump(results, f, indent=2)

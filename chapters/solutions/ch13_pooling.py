@@ -1,0 +1,58 @@
+"""Chapter 13, exercise 2: [CLS] pooling or mean pooling? Each pooling with the whole encoder fine-tuned, and with
+the encoder frozen (only the head trained), on the same SST-2 sentences, steps and head init.
+
+    python -m chapters.solutions.ch13_pooling --data-dir ../shared/data
+"""
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file from a clone, too
+
+from chapters import ch13_language_understanding as ch13
+from chapters.solutions import CH13_SMOKE, ch13_setup, print_table, save_rows, split_argv
+from nanoft.heads import freeze_encoder
+from nanoft.sst2 import Collate
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
+                                epilog="Any other flag goes to chapters/ch13_language_understanding.py "
+                                       "(e.g. --head-lr, the frozen runs' lr).")
+    p.add_argument("--lr", type=float, default=1e-4,
+                   help="lr of full fine-tuning (the middle of the chapter's sweep; pass its winner)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs, not the answer")
+    return p
+
+
+def main(argv=None):
+    own, chapter_argv = split_argv(build_parser(), argv, CH13_SMOKE)
+    args, tok, encoder = ch13_setup(chapter_argv)
+    sst2 = ch13.load_sst2(args, tok)
+    steps = ch13.steps_for(args, args.sst2_steps, len(sst2["train"]), args.batch_size)
+    rows = []
+    for frozen in (False, True):
+        for pooling in ("cls", "mean"):
+            lr = args.head_lr if frozen else own.lr
+            what = "encoder frozen, head only" if frozen else "full fine-tuning"
+            print(f"\nSST-2, {pooling} pooling, {what}: lr {lr:g}, {steps} steps")
+            args.pooling = pooling  # read by ch13.sst2_model when it builds the head
+            ch13.seed_everything(args.seed)
+            model = ch13.sst2_model(copy.deepcopy(encoder), args)
+            if frozen:
+                freeze_encoder(model)
+            seconds, result = ch13.fine_tune(model, sst2["train"], ch13.task_loss("sst2"), ch13.sst2_val(sst2),
+                                             args, lr, steps, args.batch_size, Collate(), "val_acc")
+            rows.append(dict(training=what, pooling=pooling, lr=lr, val_acc=result.best_metric,
+                             dev_acc=ch13.sst2_accuracy(model, sst2["dev"]), seconds=seconds))
+    print_table(rows, [("training", "training", "{}"), ("pooling", "pooling", "{}"), ("lr", "lr", "{:g}"),
+                       ("val acc", "val_acc", "{:.1%}"), ("dev acc", "dev_acc", "{:.1%}"),
+                       ("seconds", "seconds", "{:.0f}")])
+    print(f"({sst2['label']})")
+    save_rows(rows, args.out_dir, "exercise_pooling")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
