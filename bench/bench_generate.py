@@ -1,7 +1,7 @@
 """Generation speed with the KV cache: nanoft's GPT2.generate against transformers' generate, greedy.
 
     python bench/bench_generate.py                       # gpt2-small and gpt2-124M, batch 1 and 8, 128 new tokens
-    python bench/bench_generate.py --threads 1           # a CPU shared with other jobs (see bench/README.md)
+    python bench/bench_generate.py --threads 1 --cpu-time   # a CPU shared with other jobs (see bench/README.md)
     python bench/bench_generate.py --models gpt2-124M --batches 1
 
 Both decode greedily from the same 16-token prompt for exactly --new-tokens tokens (no end-of-text stop),

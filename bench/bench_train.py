@@ -1,7 +1,7 @@
 """Training-step and forward speed, and peak memory: nanoft against transformers on the same weights.
 
     python bench/bench_train.py                      # CPU, fp32, all three models, batch 8 x 128
-    python bench/bench_train.py --threads 1          # a CPU shared with other jobs (see bench/README.md)
+    python bench/bench_train.py --threads 1 --cpu-time --profile   # a CPU shared with other jobs (bench/README.md)
     python bench/bench_train.py --models gpt2-small --repeats 3
     python bench/bench_train.py --device cuda --dtype bf16 [--compile]
 
@@ -17,9 +17,10 @@ code uses it:
 Forward: inference_mode, the logits (GPT-2) or the hidden states (BERT) of the same batch.
 Memory: measured in a child process per library (so one library's peak cannot hide the other's): the
 extra memory a forward / a training step needs on top of the loaded model, i.e. activations, gradients
-and AdamW state. On a GPU that is torch.cuda.max_memory_allocated(); on the CPU the peak resident set
-size (Linux's VmHWM, reset before the measurement) minus the resident size just before, with glibc told
-to return freed memory at once (MALLOC_MMAP_THRESHOLD_) so that the resident size follows the live tensors.
+and AdamW state (eager, also with --compile). On a GPU that is torch.cuda.max_memory_allocated(); on the
+CPU the peak resident set size (Linux's VmHWM, reset before the measurement) minus the resident size just
+before, with glibc told to return freed memory at once (MALLOC_MMAP_THRESHOLD_) so that the resident size
+follows the live tensors.
 Ratios are nanoft / transformers: below 1 means nanoft is faster (time) or smaller (memory).
 """
 import argparse
@@ -147,8 +148,9 @@ def _extra_memory_mib(fn, device):
 def peak_memory_mib(args, name, which):
     cmd = [sys.executable, __file__, "--child", name, which, "--device", args.device, "--dtype", args.dtype,
            "--batch", str(args.batch), "--seq", str(args.seq)] + (["--threads", str(args.threads)] if args.threads else [])
-    # glibc keeps freed small blocks in its heap, which would hide them from the resident size; serving every
-    # allocation over 64 KiB by mmap (returned to the system at free) makes VmRSS follow the live tensors
+    # glibc keeps freed blocks of up to 32 MiB in its heap (its mmap threshold grows as big blocks are freed),
+    # hiding them from the resident size; serving every block over 64 KiB by mmap, returned to the system at
+    # free, makes VmRSS follow the live tensors
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
