@@ -61,6 +61,15 @@ def ch13_setup(chapter_argv):
     return args, ch13.load_bert_tokenizer(args.model), ch13.BERT.from_pretrained(args.model)
 
 
+def ch13_sst2_setup(chapter_argv):
+    """ch13_setup, plus SST-2's splits and the chapter's number of fine-tuning steps for them."""
+    from chapters import ch13_language_understanding as ch13
+    args, tok, encoder = ch13_setup(chapter_argv)
+    sst2 = ch13.load_sst2(args, tok)
+    steps = ch13.steps_for(args, args.sst2_steps, len(sst2["train"]), args.batch_size)
+    return args, tok, encoder, sst2, steps
+
+
 # Chapter 4 at a smoke size: short blocks, a few steps, a tiny LSTM (the chapter's own test uses the same sizes).
 # The pretrained GPT-2 is the chapter's: pass --model with a folder, or let the chapter train and cache its own.
 CH04_SMOKE = ["--block-size", "32", "--batch-size", "4", "--max-steps", "4", "--eval-every", "2", "--warmup-steps",

@@ -15,7 +15,7 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file from a clone, too
 
 from chapters import ch13_language_understanding as ch13
-from chapters.solutions import CH13_SMOKE, ch13_setup, print_table, save_rows, split_argv
+from chapters.solutions import CH13_SMOKE, ch13_sst2_setup, print_table, save_rows, split_argv
 from nanoft.sst2 import Collate, eval_batches
 
 # 256 sentences = 8 batches, so 120 steps are 15 epochs; 12 evaluations draw the curves; no early stopping
@@ -78,9 +78,7 @@ def plot(curves, path):
 
 def main(argv=None):
     own, chapter_argv = split_argv(build_parser(), argv, SMOKE, DEFAULTS)
-    args, tok, encoder = ch13_setup(chapter_argv)
-    sst2 = ch13.load_sst2(args, tok)
-    steps = ch13.steps_for(args, args.sst2_steps, len(sst2["train"]), args.batch_size)
+    args, tok, encoder, sst2, steps = ch13_sst2_setup(chapter_argv)
     settings = [("none", 0.0, 0.0), ("chapter", args.dropout, args.weight_decay),
                 ("strong", own.strong_dropout, own.strong_weight_decay)]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file from a clone, too
 
 from chapters import ch13_language_understanding as ch13
-from chapters.solutions import CH13_SMOKE, ch13_setup, print_table, save_rows, split_argv
+from chapters.solutions import CH13_SMOKE, ch13_sst2_setup, print_table, save_rows, split_argv
 from nanoft.heads import freeze_encoder
 from nanoft.sst2 import Collate
 
@@ -30,9 +30,7 @@ def build_parser():
 
 def main(argv=None):
     own, chapter_argv = split_argv(build_parser(), argv, CH13_SMOKE)
-    args, tok, encoder = ch13_setup(chapter_argv)
-    sst2 = ch13.load_sst2(args, tok)
-    steps = ch13.steps_for(args, args.sst2_steps, len(sst2["train"]), args.batch_size)
+    args, tok, encoder, sst2, steps = ch13_sst2_setup(chapter_argv)
     rows = []
     for k in own.k.split(","):
         ch13.seed_everything(args.seed)  # the same head init and data order for every k
