@@ -214,6 +214,10 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, cfg: TrainConfi
                                  "world_size": world},
                         "rng": rng_states, "early_stopping": early, "config": _plain(asdict(cfg))})
                 last_saved = step
+        if world > 1:
+            # every rank finishes its last collective before any rank tears the group down: a gloo rank that
+            # exits while a peer still talks to it aborts the whole run ("terminate called ...")
+            dist.barrier()
     finally:
         bar.close()
         if log_file:
