@@ -54,7 +54,8 @@ from nanoft.mixing import STRATEGIES, MultiTaskBatches, task_probabilities
 from nanoft.mlm import MLMCollator
 from nanoft.sst2 import Collate, carve_validation, encode_sst2, evaluate_accuracy
 from nanoft.tokenizer import load_bert_tokenizer
-from nanoft.train import TrainConfig, load_checkpoint, seed_everything, train
+from nanoft.run_files import load_checkpoint
+from nanoft.train import TrainConfig, seed_everything, train
 
 
 def minilm_dir():

@@ -10,7 +10,8 @@ from nanoft.lstm import LSTMLM, LSTMConfig
 from nanoft.heads import ClassificationHead, MultiTaskModel, SpanHead, classification_loss, freeze_encoder, span_loss
 from nanoft.checkpoint import load_bert, load_bert_mlm, load_gpt2, save_bert, save_bert_mlm, save_gpt2
 from nanoft.tokenizer import Tokenizer, add_special_tokens, load_bert_tokenizer, load_gpt2_tokenizer
-from nanoft.train import TrainConfig, TrainResult, load_checkpoint, plot_log, seed_everything, train
+from nanoft.run_files import load_checkpoint, plot_log
+from nanoft.train import TrainConfig, TrainResult, seed_everything, train
 
 __all__ = [
     "GPT2", "GPT2Config", "BERT", "BertConfig", "BertForMaskedLM", "BertMLMHead", "LSTMLM", "LSTMConfig",

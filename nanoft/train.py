@@ -11,6 +11,9 @@ DistributedDataParallel; a plain `python` run is simply world size 1.
 Resume is exact: a checkpoint holds everything the next step depends on (weights, AdamW moments,
 schedule step, the RNG states that drive dropout, and the position in the data), so a killed run that
 resumes from it retraces the same numbers as a run that never stopped.
+
+Around the loop: nanoft/optim.py builds AdamW and the schedule, nanoft/device.py picks the device,
+precision and processes, nanoft/run_files.py writes and reads the checkpoints and the log.
 """
 import json
 import math
@@ -19,7 +22,6 @@ import random
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
-from functools import partial
 from typing import Callable, Optional
 
 import numpy as np
@@ -29,7 +31,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 from tqdm.auto import tqdm
 
+from nanoft.device import autocast_for, gather, pick_device, setup_distributed
 from nanoft.optim import build_optimizer, build_scheduler, describe_groups
+from nanoft.run_files import load_checkpoint, open_log, plain, rng_state, save_checkpoint, set_rng_state
 
 
 @dataclass
@@ -83,9 +87,9 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, cfg: TrainConfi
     """Train `model` on a map-style dataset. loss_fn(model, batch) -> scalar loss; it must call model(...)
     (under DDP that call is what synchronises gradients). eval_fn(model) -> {metric name: value}."""
     _check_config(cfg, eval_fn)
-    rank, world, created_group = _setup_distributed(cfg)
-    device = _pick_device(cfg.device)
-    autocast, use_scaler = _autocast(cfg.precision, device)
+    rank, world, created_group = setup_distributed(cfg.device)
+    device = pick_device(cfg.device)
+    autocast, use_scaler = autocast_for(cfg.precision, device)
     micro_per_epoch = _check_data(train_data, cfg.batch_size, world)
     from_epochs = max(1, cfg.epochs * micro_per_epoch // cfg.grad_accum_steps) if cfg.epochs else None
     cfg = replace(cfg, max_steps=min(s for s in (cfg.max_steps, from_epochs) if s is not None))
@@ -123,10 +127,10 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, cfg: TrainConfi
         # state_dict see the plain model (no "_orig_mod." in the names, no recompiling for eval shapes)
         ddp_model = torch.compile(ddp_model)
     batches = _micro_batches(train_data, cfg, rank, world, collate_fn, epoch, batch_in_epoch, device)
-    log_file, history = _open_log(out, step) if out and is_main else (None, [])
+    log_file, history = open_log(out, step) if out and is_main else (None, [])
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not (is_main and cfg.progress), desc="train")
     if rng is not None:
-        _set_rng_state(rng, device)  # last, so nothing above draws from the restored streams
+        set_rng_state(rng, device)  # last, so nothing above draws from the restored streams
 
     def log(record):
         history.append(record)
@@ -205,14 +209,14 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, cfg: TrainConfi
 
             every = cfg.checkpoint_every or cfg.eval_every
             if out and every >= 0 and ((every and step % every == 0) or step == cfg.max_steps or stopped_early):
-                rng_states = _gather(_rng_state(device), world)  # every rank's dropout stream, for an exact resume
+                rng_states = gather(rng_state(device), world)  # every rank's dropout stream, for an exact resume
                 if is_main:
                     save_checkpoint(os.path.join(out, "checkpoint.pt"), {
                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
                         "data": {"epoch": epoch, "batch": batch_in_epoch, "batch_size": cfg.batch_size,
                                  "world_size": world},
-                        "rng": rng_states, "early_stopping": early, "config": _plain(asdict(cfg))})
+                        "rng": rng_states, "early_stopping": early, "config": plain(asdict(cfg))})
                 last_saved = step
         if world > 1:
             # every rank finishes its last collective before any rank tears the group down: a gloo rank that
@@ -289,7 +293,7 @@ def _to_device(batch, device):
     return batch
 
 
-# ----------------------------------------------------------------------------- setup
+# ----------------------------------------------------------------------------- setup and evaluation
 
 
 def _check_config(cfg: TrainConfig, eval_fn) -> None:
@@ -313,46 +317,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _setup_distributed(cfg: TrainConfig):
-    """(rank, world size, whether we created the process group). torchrun sets WORLD_SIZE, RANK, LOCAL_RANK."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, False
-    use_cuda = cfg.device != "cpu" and torch.cuda.is_available()
-    if use_cuda:
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # so "cuda" below means this process's GPU
-    created = not dist.is_initialized()
-    if created:
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return dist.get_rank(), world, created
-
-
-def _pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
-def _autocast(precision: str, device: torch.device):
-    """(a context factory for the forward pass, whether fp16 needs a GradScaler)."""
-    if precision == "auto":
-        precision = "fp32" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if precision == "fp32":
-        return nullcontext, False
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision='fp16' needs a CUDA GPU (its loss scaling is CUDA-only here): use 'bf16' or 'fp32'")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError("this GPU has no bf16: use precision='fp16' (or 'fp32')")
-    if precision not in ("bf16", "fp16"):
-        raise ValueError(f"precision={precision!r}: use 'auto', 'fp32', 'bf16' or 'fp16'")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    # bf16 has fp32's exponent range, so its gradients cannot overflow: only fp16 needs loss scaling
-    return partial(torch.autocast, device.type, dtype=dtype), precision == "fp16"
-
-
 def _enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     found = [m for m in model.modules() if hasattr(m, "gradient_checkpointing")]
     if not found:
@@ -374,100 +338,3 @@ def _evaluate(model, eval_fn, autocast, metric: str, world: int) -> dict:
         dist.broadcast_object_list(box, src=0)
         metrics = box[0]
     return metrics
-
-
-# ----------------------------------------------------------------------------- checkpoints, RNG, logs
-
-
-def save_checkpoint(path: str, state: dict) -> None:
-    """Write to a temp file, then rename over `path`: a kill mid-write leaves the previous checkpoint whole."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the checkpoint
-    os.replace(tmp, path)  # atomic on POSIX and Windows
-
-
-def load_checkpoint(path: str, model=None, optimizer=None, scheduler=None, scaler=None) -> dict:
-    """Load checkpoint.pt / best.pt into the objects given. Only tensors and plain containers: weights_only=True."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    for obj, key in ((model, "model"), (optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
-        if obj is not None:
-            obj.load_state_dict(ckpt[key])  # optimizer state moves to its parameters' device
-    return ckpt
-
-
-def _rng_state(device: torch.device) -> dict:
-    np_name, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": (np_name, np_keys.tolist(), int(np_pos), int(np_gauss), float(np_cached))}  # plain types
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np_name, np_keys, *rest = state["numpy"]
-    np.random.set_state((np_name, np.array(np_keys, dtype=np.uint32), *rest))
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _gather(obj, world: int) -> list:
-    if world == 1:
-        return [obj]
-    objs = [None] * world
-    dist.all_gather_object(objs, obj)
-    return objs
-
-
-def _plain(config: dict) -> dict:
-    # Paths and tuples -> str and lists, so the checkpoint loads with weights_only=True
-    return json.loads(json.dumps(config, default=str))
-
-
-def read_log(path: str) -> list:
-    """The records of a log.jsonl (a line torn by a kill mid-write is skipped)."""
-    records = []
-    with open(path) as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-    return records
-
-
-def _open_log(out_dir: str, resume_step: int):
-    """Open out_dir/log.jsonl; on resume keep the records up to the checkpoint (later ones will be redone)."""
-    path = os.path.join(out_dir, "log.jsonl")
-    kept = [r for r in read_log(path) if r["step"] <= resume_step] if resume_step and os.path.exists(path) else []
-    f = open(path, "w")
-    f.writelines(json.dumps(r) + "\n" for r in kept)
-    return f, kept
-
-
-def plot_log(log_path: str, png_path: Optional[str] = None) -> Optional[str]:
-    """Loss curves of a log.jsonl as a PNG. matplotlib is optional: without it, say so and return None."""
-    try:
-        from matplotlib.figure import Figure  # Figure, not pyplot: no GUI backend, no global state
-    except ImportError:
-        print("plot_log: matplotlib is not installed (pip install matplotlib); no plot written")
-        return None
-    records = read_log(log_path)
-    fig = Figure(figsize=(7, 4))
-    ax = fig.add_subplot()
-    train_recs = [r for r in records if r["type"] == "train"]
-    ax.plot([r["step"] for r in train_recs], [r["loss"] for r in train_recs], label="train loss")
-    val_recs = [r for r in records if r["type"] == "eval" and "val_loss" in r]
-    if val_recs:
-        ax.plot([r["step"] for r in val_recs], [r["val_loss"] for r in val_recs], "o-", label="val loss")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.legend()
-    png_path = png_path or os.path.splitext(log_path)[0] + ".png"
-    fig.savefig(png_path, dpi=120, bbox_inches="tight")
-    return png_path
