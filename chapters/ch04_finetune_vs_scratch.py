@@ -173,9 +173,9 @@ def summarize(gpt_rows, lstm_rows, pretrain_info, model_name):
         print(f"  fine-tuned GPT-2:   {gpt_at['tokens']:>10,} tokens, {gpt_at['seconds']:7.1f} s of training "
               f"(the LSTM needed {lstm_at['tokens'] / gpt_at['tokens']:.1f}x the tokens and "
               f"{lstm_at['seconds'] / max(gpt_at['seconds'], 1e-9):.1f}x the time)")
-    best_gpt = gpt_rows[-1]["ppl"]
-    if best_gpt < target:
-        print(f"  ... and GPT-2 went on to {best_gpt:.1f}, a perplexity the LSTM never reached in this run.")
+    final_gpt = gpt_rows[-1]["ppl"]
+    if final_gpt < target:
+        print(f"  ... and GPT-2 went on to {final_gpt:.1f}, a perplexity the LSTM never reached in this run.")
     if pretrain_info:
         print(f"The pretraining itself cost {pretrain_info['train_seconds']:.0f} s and "
               f"{pretrain_info['tokens_seen']:,} tokens when it ran, paid once and cached ({model_name}).")

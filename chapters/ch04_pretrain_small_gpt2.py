@@ -109,14 +109,14 @@ def build_parser():
     p.add_argument("--block-size", type=int, default=128, help="tokens per training sequence")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per optimizer step")
     p.add_argument("--max-steps", type=int, default=600,
-                   help="optimizer steps (600 x 8 x 128 = 614k tokens, about 1.1 passes over the corpus)")
+                   help="optimizer steps (600 x 8 x 128 = 614k tokens, about 1.2 passes over the default corpus)")
     p.add_argument("--lr", type=float, default=1e-3,
                    help="peak learning rate; a small model trained from scratch takes a much larger one than "
                         "fine-tuning (5e-5) does")
     p.add_argument("--warmup-steps", type=int, default=50, help="linear warmup from 0 to --lr")
     p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on weight matrices")
     p.add_argument("--dropout", type=float, default=0.0,
-                   help="dropout in the blocks while pretraining (less than one pass over the data: none needed); "
+                   help="dropout in the blocks while pretraining (barely more than one pass over the data: too little to overfit); "
                         "the saved config keeps GPT-2's 0.1 for fine-tuning")
     p.add_argument("--val-fraction", type=float, default=0.05, help="tail of the corpus held out for validation")
     p.add_argument("--eval-every", type=int, default=150, help="optimizer steps between validation runs")

@@ -353,12 +353,13 @@ def fine_tune(model, data, loss_fn, eval_fn, args, lr, steps, batch_size, collat
     """One run of nanoft's training loop: AdamW with warmup and linear decay, a validation run every steps/--evals
     steps, early stopping on `metric` (higher is better), then back to the weights of the best validation step.
     Returns (training seconds, the loop's result)."""
-    with tempfile.TemporaryDirectory(prefix="nanoft-ch13-") as tmp:  # best.pt only lives as long as the run
+    # best.pt only lives as long as the run; checkpoint_every=-1: no resume file (AdamW's moments are 2x the model)
+    with tempfile.TemporaryDirectory(prefix="nanoft-ch13-") as tmp:
         cfg = TrainConfig(lr=lr, weight_decay=args.weight_decay, warmup_steps=int(args.warmup * steps),
                           max_steps=steps, decay="linear", batch_size=batch_size, grad_clip=1.0, shuffle=shuffle,
                           device=args.device, precision=args.precision, eval_every=math.ceil(steps / args.evals),
                           metric=metric, mode="max", patience=args.patience, out_dir=tmp,
-                          checkpoint_every=steps + 1, log_every=max(1, steps // 10), progress=not args.no_progress,
+                          checkpoint_every=-1, log_every=max(1, steps // 10), progress=not args.no_progress,
                           seed=args.seed)
         t0 = time.perf_counter()
         result = train(model, data, loss_fn, cfg, eval_fn=eval_fn, collate_fn=collate_fn)

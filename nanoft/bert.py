@@ -30,6 +30,13 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0
 
+    def __post_init__(self):
+        get_activation(self.hidden_act)  # fails now, with the fix in the message, rather than when a layer is built
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
+                             f"{self.num_attention_heads}: pick num_attention_heads so that each head gets "
+                             "hidden_size // num_attention_heads dimensions")
+
 
 def get_activation(name):
     # BERT was trained with the exact erf GELU; the tanh form differs by ~1e-3, enough to break parity
@@ -45,7 +52,7 @@ class Embeddings(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        # padding_idx keeps the [PAD] row out of the gradient, as in the original BERT
+        # padding_idx keeps the [PAD] row out of the gradient, as Hugging Face's BertEmbeddings does
         self.word = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
@@ -63,7 +70,6 @@ class SelfAttention(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        assert config.hidden_size % config.num_attention_heads == 0, "hidden_size must be a multiple of num_attention_heads"
         self.n_head = config.num_attention_heads
         # one matmul for query, key and value (rows stacked q, k, v); checkpoint.py concatenates HF's three Linears
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)

@@ -193,30 +193,6 @@ def read_sst2(path) -> list:
     return rows
 
 
-def read_squad(path) -> list:
-    """SQuAD v1.1 JSON -> one dict per question: id, title, context, question, answers [{text, answer_start}]."""
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-        raise ValueError(f"{path}: no 'data' list at the top: pass a SQuAD v1.1 file "
-                         '({"version": "1.1", "data": [{"title", "paragraphs": [...]}]})')
-    examples = []
-    for i, article in enumerate(data["data"]):
-        for j, para in enumerate(article.get("paragraphs", [])):
-            for qa in para.get("qas", []):
-                try:
-                    answers = [{"text": a["text"], "answer_start": int(a["answer_start"])} for a in qa["answers"]]
-                    examples.append(dict(id=qa["id"], title=article.get("title", ""), context=para["context"],
-                                         question=qa["question"], answers=answers))
-                except (KeyError, TypeError, ValueError) as e:
-                    raise ValueError(f"{path}: article {i}, paragraph {j}: malformed question ({type(e).__name__}: "
-                                     f"{e}): each needs id, question, answers [{{text, answer_start}}] and each "
-                                     "paragraph a context; pass a SQuAD v1.1 file") from None
-    if not examples:
-        raise ValueError(f"{path}: no questions found under data -> paragraphs -> qas: pass a SQuAD v1.1 file")
-    return examples
-
-
 def read_text(path) -> str:
     with open(path, encoding="utf-8") as f:
         return f.read()

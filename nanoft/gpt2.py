@@ -33,7 +33,8 @@ class GPT2Config:  # field names = HF config.json keys, so GPT2Config(**known_ke
     def __post_init__(self):
         if self.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
             raise ValueError(f"activation_function={self.activation_function!r} is not supported: GPT-2 uses "
-                             "'gelu_new' (tanh-approximated GELU); set activation_function='gelu_new'")
+                             "'gelu_new' (tanh-approximated GELU), and a checkpoint trained with another activation would compute "
+                             "something else here: load it with transformers instead")
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: "
                              "pick n_head so that each head gets n_embd // n_head dimensions")
@@ -199,10 +200,13 @@ class GPT2(nn.Module):
         use_cache=False re-runs the prefix (cropped to n_positions) each step; the tokens are the same either way."""
         check_generate_args(input_ids, max_new_tokens, temperature, top_k, top_p)
         B, T = input_ids.shape
-        if use_cache and T + max_new_tokens > self.config.n_positions:
-            raise ValueError(f"input length {T} + max_new_tokens {max_new_tokens} exceeds n_positions="
-                             f"{self.config.n_positions}: lower max_new_tokens to {max(self.config.n_positions - T, 0)}"
-                             " or pass use_cache=False (which crops the context to the last n_positions tokens)")
+        # the cache holds every position the model reads: the prompt and all new tokens but the last, which is
+        # sampled and returned but never fed back
+        if use_cache and T + max_new_tokens - 1 > self.config.n_positions:
+            raise ValueError(f"input length {T} + max_new_tokens {max_new_tokens} - 1 exceeds n_positions="
+                             f"{self.config.n_positions}: lower max_new_tokens to "
+                             f"{max(self.config.n_positions - T + 1, 0)} or pass use_cache=False (which crops the "
+                             "context to the last n_positions tokens once it is longer)")
         was_training = self.training
         self.eval()  # dropout while generating only adds noise (and would make cached and uncached runs differ)
         try:

@@ -50,7 +50,8 @@ class MLMCollator:
     vocab_size: int
     special_ids: tuple
     mlm_probability: float = 0.15
-    generator: Optional[torch.Generator] = None  # None: the global RNG, which nanoft.train seeds and restores
+    generator: Optional[torch.Generator] = None  # None: the global RNG (nanoft.train seeds and restores it; a
+    # DataLoader worker has its own, seeded by the loader)
 
     @classmethod
     def from_tokenizer(cls, tokenizer, **kwargs):

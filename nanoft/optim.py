@@ -49,6 +49,9 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9
                     fused=None) -> torch.optim.AdamW:
     """AdamW over param_groups(model). Call it after the model is on its device: fused needs to know."""
     groups = param_groups(model, weight_decay)
+    if not any(g["params"] for g in groups):
+        raise ValueError(f"no parameter of {type(model).__name__} requires grad, so there is nothing to train: "
+                         "unfreeze some (requires_grad_(True), or freeze_encoder(..., unfreeze_top_k=k))")
     if fused is None:
         # torch's fused AdamW (CUDA, and the CPU since torch 2.4) updates every tensor in one pass. On a CPU it
         # is 4-7x faster than the foreach path, which cost 3-9% of a training step (bench/README.md)

@@ -53,6 +53,8 @@ def load_squad_examples(path) -> list:
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{path}: article {a} is malformed ({type(e).__name__}: {e}): every article needs "
                              "paragraphs -> context + qas -> id, question, answers -> text, answer_start") from None
+    if not examples:
+        raise ValueError(f"{path}: no questions under data -> paragraphs -> qas: pass a SQuAD v1.1 file with questions")
     for ex in examples:
         if not ex["answers"]:
             raise ValueError(f"{path}: question {ex['id']!r} has no answer (a SQuAD v2.0 unanswerable question?): "
@@ -156,12 +158,12 @@ def postprocess_predictions(examples, features, all_start_logits, all_end_logits
                          "prepare_eval_features")
     contexts = {ex["id"]: ex["context"] for ex in examples}
     best = {}  # example id -> (score, text)
-    for feature, start_logits, end_logits in zip(features, all_start_logits, all_end_logits):
+    for feature, start_row, end_row in zip(features, all_start_logits, all_end_logits):
         offsets, qid = feature["offsets"], feature["example_id"]
         k = min(n_best, len(offsets))
-        starts = start_logits[:len(offsets)].topk(k).indices.tolist()
-        ends = end_logits[:len(offsets)].topk(k).indices.tolist()
-        start_logits, end_logits = start_logits.tolist(), end_logits.tolist()  # floats: fast to index in the loop
+        starts = start_row[:len(offsets)].topk(k).indices.tolist()
+        ends = end_row[:len(offsets)].topk(k).indices.tolist()
+        start_logits, end_logits = start_row.tolist(), end_row.tolist()  # Python floats: fast to index in the loop
         for s in starts:
             for e in ends:
                 # a span must lie in the context, run forwards, and not be absurdly long

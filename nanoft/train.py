@@ -10,7 +10,8 @@ DistributedDataParallel; a plain `python` run is simply world size 1.
 
 Resume is exact: a checkpoint holds everything the next step depends on (weights, AdamW moments,
 schedule step, the RNG states that drive dropout, and the position in the data), so a killed run that
-resumes from it retraces the same numbers as a run that never stopped.
+resumes from it retraces the same numbers as a run that never stopped (with num_workers=0; DataLoader
+workers draw a random collate_fn's masks from streams of their own, which restart at a resume).
 
 Around the loop: nanoft/optim.py builds AdamW and the schedule, nanoft/device.py picks the device,
 precision and processes, nanoft/run_files.py writes and reads the checkpoints and the log.
@@ -117,6 +118,14 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, cfg: TrainConfi
         if (data["batch_size"], data["world_size"]) != (cfg.batch_size, world):
             raise ValueError(f"checkpoint in {out} was written with batch_size={data['batch_size']} on "
                              f"{data['world_size']} process(es): resume with the same, or set resume=False")
+        # the checkpoint knows its place in the data as (epoch, batch) of an order these decide: another order
+        # would skip the wrong batches, silently
+        now = _data_plan(cfg, train_data)
+        changed = {k: (data[k], now[k]) for k in now if data.get(k, now[k]) != now[k]}
+        if changed:
+            raise ValueError(f"checkpoint in {out} was written with other data settings ("
+                             + ", ".join(f"{k} {a} then, {b} now" for k, (a, b) in changed.items())
+                             + "): resume with the same data and settings, or set resume=False")
         step, epoch, batch_in_epoch, early = ckpt["step"], data["epoch"], data["batch"], ckpt["early_stopping"]
         rng = ckpt["rng"][rank]
         if is_main and cfg.progress:
@@ -215,7 +224,7 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, cfg: TrainConfi
                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
                         "data": {"epoch": epoch, "batch": batch_in_epoch, "batch_size": cfg.batch_size,
-                                 "world_size": world},
+                                 "world_size": world, **_data_plan(cfg, train_data)},
                         "rng": rng_states, "early_stopping": early, "config": plain(asdict(cfg))})
                 last_saved = step
         if world > 1:
@@ -248,6 +257,11 @@ def _check_data(dataset, batch_size: int, world: int) -> int:
     return per_process // batch_size
 
 
+def _data_plan(cfg, dataset) -> dict:
+    """What decides which examples make micro-batch (epoch, i), besides batch_size and the number of processes."""
+    return {"examples": len(dataset), "seed": cfg.seed, "shuffle": cfg.shuffle, "grad_accum_steps": cfg.grad_accum_steps}
+
+
 def _micro_batches(dataset, cfg, rank, world, collate_fn, epoch, start, device):
     """Yields (epoch, batches done in that epoch, batch on device, token count), forever, from position (epoch, start).
 
@@ -262,9 +276,12 @@ def _micro_batches(dataset, cfg, rank, world, collate_fn, epoch, start, device):
         # drop the ragged tail: equal micro-batches keep "k micro-batches == one k-times-larger batch" exact
         plan = [order[i:i + bs] for i in range(0, len(order) - bs + 1, bs)]
         # a DataLoader draws its workers' base seed from `generator`, or else from the global RNG, which
-        # would shift the dropout masks of a resumed run: give it its own
+        # would shift the dropout masks of a resumed run: give it its own, and each process another one.
+        # With num_workers > 0 a random collate_fn (MLM masking) draws in the workers, whose streams restart
+        # at a resume: the batches' examples are still exact, their random masks are not
+        seed = cfg.seed + epoch + 1_000_003 * rank
         loader = DataLoader(dataset, batch_sampler=plan[start:], collate_fn=collate_fn, num_workers=cfg.num_workers,
-                            pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed + epoch))
+                            pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(seed))
         for i, batch in enumerate(loader, start=start + 1):
             n_tokens = count_tokens(batch)  # before the copy: counting on the GPU would stall the loop
             yield epoch, i, _to_device(batch, device), n_tokens

@@ -161,10 +161,12 @@ def test_input_longer_than_max_positions_is_a_clear_error():
         model(torch.ones(1, 17, dtype=torch.long))
 
 
-def test_unsupported_activation_is_a_clear_error():
+def test_config_errors_are_clear_and_come_from_the_config():
     with pytest.raises(ValueError, match="'relu'.*gelu"):
-        BERT(BertConfig(vocab_size=9, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=8, hidden_act="relu"))
+        BertConfig(vocab_size=9, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
+                   hidden_act="relu")
+    with pytest.raises(ValueError, match="hidden_size=10 is not divisible by num_attention_heads=4"):
+        BertConfig(vocab_size=9, hidden_size=10, num_hidden_layers=1, num_attention_heads=4, intermediate_size=8)
 
 
 @pytest.mark.parametrize("act", ["gelu", "gelu_new"])

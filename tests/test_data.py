@@ -12,8 +12,8 @@ from collections import Counter
 import pytest
 
 from nanoft import data
-from nanoft.data import (MANIFEST, SAMPLE_DIR, check_sha256, dataset_path, read_sst2, read_squad, read_text,
-                         sha256_file)
+from nanoft.data import MANIFEST, SAMPLE_DIR, check_sha256, dataset_path, read_sst2, read_text, sha256_file
+from nanoft.squad import load_squad_examples
 
 REAL_COUNTS = {"sst2/train.tsv": 67349, "sst2/dev.tsv": 872, "squad_v1.1/dev-v1.1.json": 10570,
                "squad_v1.1_devsplit/train.json": 8582, "squad_v1.1_devsplit/eval.json": 1988}
@@ -35,7 +35,7 @@ def _sha(b: bytes) -> str:
 
 
 def _count(name, path):
-    return len(read_sst2(path) if name.endswith(".tsv") else read_squad(path))
+    return len(read_sst2(path) if name.endswith(".tsv") else load_squad_examples(path))
 
 
 # ----------------------------------------------------------------------------- the manifest and the samples
@@ -60,7 +60,7 @@ def test_samples_have_the_real_formats_and_are_small():
     assert not {s for s, _ in train} & {s for s, _ in dev}
     assert all(s == s.lower() for s, _ in train + dev)
     for split, n in [("train", 49), ("eval", 16)]:
-        examples = read_squad(SAMPLE_DIR / f"squad_sample/{split}.json")
+        examples = load_squad_examples(SAMPLE_DIR / f"squad_sample/{split}.json")
         assert len(examples) == n and len({e["id"] for e in examples}) == n
         for e in examples:
             for a in e["answers"]:
@@ -86,7 +86,7 @@ def test_readers_on_the_real_files(shared_data_dir, name):
         assert Counter(y for _, y in rows) == {1: 37569, 0: 29780}
         assert rows[0] == ("hide new secretions from the parental units ", 0)
     if name.endswith(".json"):
-        for e in read_squad(f.path):
+        for e in load_squad_examples(f.path):
             for a in e["answers"]:
                 assert e["context"][a["answer_start"]:].startswith(a["text"])
 
@@ -285,17 +285,3 @@ def test_read_sst2_rejects_malformed_rows(tmp_path, content, match):
     (tmp_path / "x.tsv").write_text(content)
     with pytest.raises(ValueError, match=match):
         read_sst2(tmp_path / "x.tsv")
-
-
-def test_read_squad_rejects_malformed_files(tmp_path):
-    f = tmp_path / "bad.json"
-    f.write_text(json.dumps({"version": "1.1", "articles": []}))
-    with pytest.raises(ValueError, match="no 'data' list at the top: pass a SQuAD v1.1 file"):
-        read_squad(f)
-    no_answers = {"id": "1", "question": "q"}
-    f.write_text(json.dumps({"data": [{"title": "T", "paragraphs": [{"context": "c", "qas": [no_answers]}]}]}))
-    with pytest.raises(ValueError, match="article 0, paragraph 0: malformed question .*'answers'"):
-        read_squad(f)
-    f.write_text(json.dumps({"data": []}))
-    with pytest.raises(ValueError, match="no questions found"):
-        read_squad(f)

@@ -184,9 +184,11 @@ def test_length_errors(pair):
         with pytest.raises(ValueError, match="exceeds n_positions"):
             model(prompts(B=1, T=29), past_key_values=past, use_cache=True)
     x = prompts(B=1, T=100)
-    with pytest.raises(ValueError, match=r"max_new_tokens.*n_positions=128.*use_cache=False"):
-        model.generate(x, 29)
-    assert model.generate(x, 28).shape == (1, 128)
+    with pytest.raises(ValueError, match=r"max_new_tokens.*n_positions=128: lower max_new_tokens to 29.*use_cache=False"):
+        model.generate(x, 30)
+    # 29 fit: the 29th new token is returned but never fed back, so the cache ends at position 128
+    full = model.generate(x, 29, do_sample=False)
+    assert full.shape == (1, 129) and torch.equal(full, model.generate(x, 29, do_sample=False, use_cache=False))
     long = model.generate(x, 40, do_sample=False, use_cache=False)  # crops the context to the last 128 tokens
     assert long.shape == (1, 140)
     with torch.no_grad():

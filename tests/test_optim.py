@@ -76,6 +76,9 @@ def test_frozen_parameters_are_left_out():
     model.transformer.wpe.weight.requires_grad_(False)
     decay, no_decay = group_names(model)
     assert "transformer.wpe.weight" not in decay + no_decay
+    model.requires_grad_(False)  # everything frozen: say so, instead of autograd's "does not require grad" later
+    with pytest.raises(ValueError, match="no parameter of GPT2 requires grad.*unfreeze"):
+        build_optimizer(model, lr=1e-3, weight_decay=0.1)
 
 
 def test_describe_groups_prints_names():

@@ -347,6 +347,8 @@ def test_loader_errors(tmp_path):
         load_squad_examples(_write(tmp_path, "{not json"))
     with pytest.raises(ValueError, match="no top-level 'data'"):
         load_squad_examples(_write(tmp_path, {"version": "1.1"}))
+    with pytest.raises(ValueError, match="no questions"):
+        load_squad_examples(_write(tmp_path, {"version": "1.1", "data": []}))
     qa = {"id": "q1", "question": "Who?", "answers": [{"text": "Bob", "answer_start": 0}]}
     with pytest.raises(ValueError, match="article 0 is malformed"):
         load_squad_examples(_write(tmp_path, {"data": [{"paragraphs": [{"qas": [qa]}]}]}))

@@ -180,6 +180,15 @@ def test_resume_refuses_another_batch_size(tmp_path):
     train(TinyNet(), tiny_dataset(), loss_fn, cfg_for(tmp_path, max_steps=2))
     with pytest.raises(ValueError, match="batch_size=4 on 1 process"):
         train(TinyNet(), tiny_dataset(), loss_fn, cfg_for(tmp_path, max_steps=4, batch_size=2, resume=True))
+    # another seed, shuffle, accumulation or dataset would put other examples at the saved (epoch, batch)
+    for change, match in [(dict(seed=4), "seed 3 then, 4 now"), (dict(shuffle=False), "shuffle True then, False now"),
+                          (dict(grad_accum_steps=2), "grad_accum_steps 1 then, 2 now")]:
+        with pytest.raises(ValueError, match="other data settings.*" + match):
+            train(TinyNet(), tiny_dataset(), loss_fn, cfg_for(tmp_path, max_steps=4, resume=True, **change))
+    with pytest.raises(ValueError, match="examples 40 then, 12 now"):
+        train(TinyNet(), tiny_dataset()[:12], loss_fn, cfg_for(tmp_path, max_steps=4, resume=True))
+    res = train(TinyNet(), tiny_dataset(), loss_fn, cfg_for(tmp_path, max_steps=4, resume=True))  # the same: fine
+    assert res.step == 4
 
 
 # ----------------------------------------------------------------------------- evaluation, early stopping
