@@ -33,8 +33,8 @@ class GPT2Config:  # field names = HF config.json keys, so GPT2Config(**known_ke
     def __post_init__(self):
         if self.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
             raise ValueError(f"activation_function={self.activation_function!r} is not supported: GPT-2 uses "
-                             "'gelu_new' (tanh-approximated GELU), and a checkpoint trained with another activation would compute "
-                             "something else here: load it with transformers instead")
+                             "'gelu_new' (tanh-approximated GELU), and a checkpoint trained with another activation "
+                             "would compute something else here: load it with transformers instead")
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: "
                              "pick n_head so that each head gets n_embd // n_head dimensions")

@@ -259,7 +259,8 @@ def _check_data(dataset, batch_size: int, world: int) -> int:
 
 def _data_plan(cfg, dataset) -> dict:
     """What decides which examples make micro-batch (epoch, i), besides batch_size and the number of processes."""
-    return {"examples": len(dataset), "seed": cfg.seed, "shuffle": cfg.shuffle, "grad_accum_steps": cfg.grad_accum_steps}
+    return {"examples": len(dataset), "seed": cfg.seed, "shuffle": cfg.shuffle,
+            "grad_accum_steps": cfg.grad_accum_steps}
 
 
 def _micro_batches(dataset, cfg, rank, world, collate_fn, epoch, start, device):

@@ -14,9 +14,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file fr
 from chapters import ch04_finetune_vs_scratch as ch04
 from chapters.solutions import CH04_SMOKE, best_and_final, print_table, save_rows, split_argv
 
+Defaults = argparse.ArgumentDefaultsHelpFormatter  # --help shows each flag's default
+
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False, formatter_class=Defaults,
                                 epilog="Any other flag goes to chapters/ch04_finetune_vs_scratch.py.")
     p.add_argument("--train-tokens", default="20000,80000,0",
                    help="comma-separated training set sizes in tokens (0 = all, the chapter's own run)")

@@ -16,9 +16,11 @@ from chapters.solutions import CH04_SMOKE, best_and_final, print_table, save_row
 
 DEFAULTS = ["--max-steps", "150", "--eval-every", "25"]
 
+Defaults = argparse.ArgumentDefaultsHelpFormatter  # --help shows each flag's default
+
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False, formatter_class=Defaults,
                                 epilog="Any other flag goes to chapters/ch04_finetune_vs_scratch.py.")
     p.add_argument("--runs", default="5e-5:30,1e-3:30,4e-3:30,1.6e-2:30,1.6e-2:0",
                    help="comma-separated lr:warmup-steps pairs")

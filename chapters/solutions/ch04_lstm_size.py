@@ -17,9 +17,11 @@ from chapters.solutions import CH04_SMOKE, best_and_final, print_table, save_row
 from nanoft.lstm import LSTMConfig, LSTMLM
 from nanoft.tokenizer import add_special_tokens
 
+Defaults = argparse.ArgumentDefaultsHelpFormatter  # --help shows each flag's default
+
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False, formatter_class=Defaults,
                                 epilog="Any other flag goes to chapters/ch04_finetune_vs_scratch.py.")
     p.add_argument("--layers", default="1,2,3,4", help="LSTM depths to size (embedding = hidden = the width found)")
     p.add_argument("--train", action="store_true",

@@ -19,9 +19,11 @@ from nanoft.mixing import task_probabilities, task_schedule
 DEFAULTS = ["--sst2-train", "500"]  # ~16 SST-2 batches against ~170 SQuAD batches at the chapter's sizes
 SMOKE = CH13_SMOKE + ["--sst2-train", "16"]  # unequal at the smoke size too
 
+Defaults = argparse.ArgumentDefaultsHelpFormatter  # --help shows each flag's default
+
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False, formatter_class=Defaults,
                                 epilog="Any other flag goes to chapters/ch13_language_understanding.py.")
     p.add_argument("--mixes", default="temperature:1,temperature:2,round_robin",
                    help="comma-separated strategies, a temperature after a colon")

@@ -22,9 +22,11 @@ from nanoft.sst2 import Collate, eval_batches
 DEFAULTS = ["--sst2-train", "256", "--sst2-steps", "120", "--evals", "12", "--patience", "1000"]
 SMOKE = CH13_SMOKE + ["--sst2-train", "16", "--sst2-steps", "30", "--evals", "5"]
 
+Defaults = argparse.ArgumentDefaultsHelpFormatter  # --help shows each flag's default
+
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False, formatter_class=Defaults,
                                 epilog="Any other flag goes to chapters/ch13_language_understanding.py.")
     p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning lr (the middle of the chapter's sweep)")
     p.add_argument("--strong-dropout", type=float, default=0.3,

@@ -15,9 +15,11 @@ from chapters.solutions import CH13_SMOKE, ch13_sst2_setup, print_table, save_ro
 from nanoft.heads import freeze_encoder
 from nanoft.sst2 import Collate
 
+Defaults = argparse.ArgumentDefaultsHelpFormatter  # --help shows each flag's default
+
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False, formatter_class=Defaults,
                                 epilog="Any other flag goes to chapters/ch13_language_understanding.py "
                                        "(e.g. --head-lr, the frozen runs' lr).")
     p.add_argument("--lr", type=float, default=1e-4,
