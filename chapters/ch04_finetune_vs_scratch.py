@@ -95,6 +95,9 @@ def build_parser():
                    help="text after [TASK_START] for the samples; default: the first line (the speaker) of the last "
                         "validation speech")
     p.add_argument("--device", default="auto", help="'auto' (cuda if available, else cpu), 'cpu' or 'cuda'")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (0 = torch's default, one per core); on a machine busy with other jobs "
+                        "1 can be several times faster, because threads that wait for each other waste their turns")
     p.add_argument("--seed", type=int, default=1337, help="seed for the LSTM's weights, data order, dropout, sampling")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars (e.g. in logs)")
     return p
@@ -108,7 +111,7 @@ def load_pretrained(args):
         if not pretrain.is_saved_model(folder):
             print(f"No pretrained model in {folder} yet: pretraining a small GPT-2 on WikiText-2 first "
                   "(chapters/ch04_pretrain_small_gpt2.py; about 7 minutes on 2 CPU cores, then cached)")
-            pretrain.main(["--seed", str(args.seed), "--device", args.device]
+            pretrain.main(["--seed", str(args.seed), "--device", args.device, "--threads", str(args.threads)]
                           + (["--data-dir", args.data_dir] if args.data_dir else [])
                           + (["--no-progress"] if args.no_progress else []))
     info_file = Path(folder) / pretrain.INFO_FILE  # only the small models of ch04_pretrain_small_gpt2.py have one
@@ -206,6 +209,8 @@ def plot(gpt_rows, lstm_rows, path):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     seed_everything(args.seed)
 
     # 1. Load the pretrained GPT-2 and its tokenizer

@@ -122,6 +122,9 @@ def build_parser():
     p.add_argument("--eval-every", type=int, default=150, help="optimizer steps between validation runs")
     p.add_argument("--gen-tokens", type=int, default=40, help="tokens of the sample printed after training")
     p.add_argument("--device", default="auto", help="'auto' (cuda if available, else cpu), 'cpu' or 'cuda'")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (0 = torch's default, one per core); on a machine busy with other jobs "
+                        "1 can be several times faster, because threads that wait for each other waste their turns")
     p.add_argument("--seed", type=int, default=1337, help="seed for the weights, data order and dropout")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars (e.g. in logs)")
     return p
@@ -133,6 +136,8 @@ def lm_loss(model, batch):
 
 def main(argv=None) -> Path:
     args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     seed_everything(args.seed)
 
     # 1. The corpus: WikiText-2 valid + test, as GPT-2 BPE token ids
