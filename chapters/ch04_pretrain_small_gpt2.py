@@ -116,8 +116,8 @@ def build_parser():
     p.add_argument("--warmup-steps", type=int, default=50, help="linear warmup from 0 to --lr")
     p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on weight matrices")
     p.add_argument("--dropout", type=float, default=0.0,
-                   help="dropout in the blocks while pretraining (barely more than one pass over the data: too little to overfit); "
-                        "the saved config keeps GPT-2's 0.1 for fine-tuning")
+                   help="dropout in the blocks while pretraining (barely more than one pass over the data: too "
+                        "little to overfit); the saved config keeps GPT-2's 0.1 for fine-tuning")
     p.add_argument("--val-fraction", type=float, default=0.05, help="tail of the corpus held out for validation")
     p.add_argument("--eval-every", type=int, default=150, help="optimizer steps between validation runs")
     p.add_argument("--gen-tokens", type=int, default=40, help="tokens of the sample printed after training")

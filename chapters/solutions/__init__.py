@@ -9,8 +9,21 @@ flags work as they do there:
     python -m chapters.solutions.ch13_pooling --data-dir ../shared/data
     python -m chapters.solutions.ch13_pooling --data-dir ../shared/data --smoke
 """
+import argparse
 import json
 import os
+
+
+def solution_parser(doc, chapter_script, example=""):
+    """The parser every solution starts from: the first paragraph of its docstring as the description, each flag's
+    default in --help, --smoke, and an epilog saying that any other flag goes to the chapter script (`example`: a
+    flag worth naming there)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], allow_abbrev=False,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                epilog=f"Any other flag goes to chapters/{chapter_script}"
+                                       + (f" ({example})." if example else "."))
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs, not the answer")
+    return p
 
 
 def print_table(rows, columns):

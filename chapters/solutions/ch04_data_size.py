@@ -5,24 +5,19 @@ over many epochs); validation is the same held-out tail every time.
     python -m chapters.solutions.ch04_data_size --data-dir ../shared/data
     python -m chapters.solutions.ch04_data_size --data-dir ../shared/data --train-tokens 5000,20000,80000,0
 """
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file from a clone, too
 
 from chapters import ch04_finetune_vs_scratch as ch04
-from chapters.solutions import CH04_SMOKE, best_and_final, print_table, save_rows, split_argv
-
-Defaults = argparse.ArgumentDefaultsHelpFormatter  # --help shows each flag's default
+from chapters.solutions import CH04_SMOKE, best_and_final, print_table, save_rows, solution_parser, split_argv
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False, formatter_class=Defaults,
-                                epilog="Any other flag goes to chapters/ch04_finetune_vs_scratch.py.")
+    p = solution_parser(__doc__, "ch04_finetune_vs_scratch.py")
     p.add_argument("--train-tokens", default="20000,80000,0",
                    help="comma-separated training set sizes in tokens (0 = all, the chapter's own run)")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs, not the answer")
     return p
 
 

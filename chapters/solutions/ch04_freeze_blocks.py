@@ -4,24 +4,19 @@ block (and the final LayerNorm), with everything else frozen; perplexity, traina
     python -m chapters.solutions.ch04_freeze_blocks --data-dir ../shared/data
     python -m chapters.solutions.ch04_freeze_blocks --data-dir ../shared/data --blocks all,2,1,0
 """
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file from a clone, too
 
 from chapters import ch04_finetune_vs_scratch as ch04
-from chapters.solutions import CH04_SMOKE, best_and_final, print_table, save_rows, split_argv
-
-Defaults = argparse.ArgumentDefaultsHelpFormatter  # --help shows each flag's default
+from chapters.solutions import CH04_SMOKE, best_and_final, print_table, save_rows, solution_parser, split_argv
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False, formatter_class=Defaults,
-                                epilog="Any other flag goes to chapters/ch04_finetune_vs_scratch.py.")
+    p = solution_parser(__doc__, "ch04_finetune_vs_scratch.py")
     p.add_argument("--blocks", default="all,1",
                    help="comma-separated: 'all' (the chapter's full fine-tuning) or K, the last K blocks trained")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs, not the answer")
     return p
 
 

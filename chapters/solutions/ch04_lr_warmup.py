@@ -5,26 +5,21 @@ chapter's --lr help).
     python -m chapters.solutions.ch04_lr_warmup --data-dir ../shared/data
     python -m chapters.solutions.ch04_lr_warmup --data-dir ../shared/data --runs 4e-3:0,4e-3:30,4e-3:100
 """
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file from a clone, too
 
 from chapters import ch04_finetune_vs_scratch as ch04
-from chapters.solutions import CH04_SMOKE, best_and_final, print_table, save_rows, split_argv
+from chapters.solutions import CH04_SMOKE, best_and_final, print_table, save_rows, solution_parser, split_argv
 
 DEFAULTS = ["--max-steps", "150", "--eval-every", "25"]
 
-Defaults = argparse.ArgumentDefaultsHelpFormatter  # --help shows each flag's default
-
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False, formatter_class=Defaults,
-                                epilog="Any other flag goes to chapters/ch04_finetune_vs_scratch.py.")
+    p = solution_parser(__doc__, "ch04_finetune_vs_scratch.py")
     p.add_argument("--runs", default="5e-5:30,1e-3:30,4e-3:30,1.6e-2:30,1.6e-2:0",
                    help="comma-separated lr:warmup-steps pairs")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs, not the answer")
     return p
 
 

@@ -4,7 +4,6 @@ matches the pretrained GPT-2's, then (with --train) train the matched LSTM again
     python -m chapters.solutions.ch04_lstm_size --data-dir ../shared/data              # sizes only: seconds
     python -m chapters.solutions.ch04_lstm_size --data-dir ../shared/data --train      # + the chapter, matched LSTM
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -13,22 +12,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file from a clone, too
 
 from chapters import ch04_finetune_vs_scratch as ch04
-from chapters.solutions import CH04_SMOKE, best_and_final, print_table, save_rows, split_argv
+from chapters.solutions import CH04_SMOKE, best_and_final, print_table, save_rows, solution_parser, split_argv
 from nanoft.lstm import LSTMConfig, LSTMLM
 from nanoft.tokenizer import add_special_tokens
 
-Defaults = argparse.ArgumentDefaultsHelpFormatter  # --help shows each flag's default
-
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False, formatter_class=Defaults,
-                                epilog="Any other flag goes to chapters/ch04_finetune_vs_scratch.py.")
+    p = solution_parser(__doc__, "ch04_finetune_vs_scratch.py")
     p.add_argument("--layers", default="1,2,3,4", help="LSTM depths to size (embedding = hidden = the width found)")
     p.add_argument("--train", action="store_true",
                    help="then run the chapter with the matched LSTM of depth --train-layers (GPT-2 is fine-tuned "
                         "again beside it, exactly as in the chapter)")
     p.add_argument("--train-layers", type=int, default=2, help="depth of the LSTM that --train trains")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs, not the answer")
     return p
 
 

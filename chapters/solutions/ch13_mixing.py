@@ -5,7 +5,6 @@ two tasks differ in size by ten times and the mixing decides how often the small
     python -m chapters.solutions.ch13_mixing --data-dir ../shared/data
     python -m chapters.solutions.ch13_mixing --data-dir ../shared/data --sst2-train 4000   # the chapter's sizes
 """
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -13,23 +12,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file from a clone, too
 
 from chapters import ch13_language_understanding as ch13
-from chapters.solutions import CH13_SMOKE, ch13_setup, print_table, save_rows, split_argv
+from chapters.solutions import CH13_SMOKE, ch13_setup, print_table, save_rows, solution_parser, split_argv
 from nanoft.mixing import task_probabilities, task_schedule
 
 DEFAULTS = ["--sst2-train", "500"]  # ~16 SST-2 batches against ~170 SQuAD batches at the chapter's sizes
 SMOKE = CH13_SMOKE + ["--sst2-train", "16"]  # unequal at the smoke size too
 
-Defaults = argparse.ArgumentDefaultsHelpFormatter  # --help shows each flag's default
-
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False, formatter_class=Defaults,
-                                epilog="Any other flag goes to chapters/ch13_language_understanding.py.")
+    p = solution_parser(__doc__, "ch13_language_understanding.py")
     p.add_argument("--mixes", default="temperature:1,temperature:2,round_robin",
                    help="comma-separated strategies, a temperature after a colon")
     p.add_argument("--lr", type=float, default=1e-4,
                    help="lr of every multi-task run (the middle of the chapter's sweep; pass its winner)")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs, not the answer")
     return p
 
 

@@ -4,7 +4,6 @@ loss on the training sentences and on the validation sentences: where they part,
 
     python -m chapters.solutions.ch13_overfitting --data-dir ../shared/data
 """
-import argparse
 import copy
 import sys
 from pathlib import Path
@@ -15,24 +14,20 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file from a clone, too
 
 from chapters import ch13_language_understanding as ch13
-from chapters.solutions import CH13_SMOKE, ch13_sst2_setup, print_table, save_rows, split_argv
+from chapters.solutions import CH13_SMOKE, ch13_sst2_setup, print_table, save_rows, solution_parser, split_argv
 from nanoft.sst2 import Collate, eval_batches
 
 # 256 sentences = 8 batches, so 120 steps are 15 epochs; 12 evaluations draw the curves; no early stopping
 DEFAULTS = ["--sst2-train", "256", "--sst2-steps", "120", "--evals", "12", "--patience", "1000"]
 SMOKE = CH13_SMOKE + ["--sst2-train", "16", "--sst2-steps", "30", "--evals", "5"]
 
-Defaults = argparse.ArgumentDefaultsHelpFormatter  # --help shows each flag's default
-
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False, formatter_class=Defaults,
-                                epilog="Any other flag goes to chapters/ch13_language_understanding.py.")
+    p = solution_parser(__doc__, "ch13_language_understanding.py")
     p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning lr (the middle of the chapter's sweep)")
     p.add_argument("--strong-dropout", type=float, default=0.3,
                    help="'strong': dropout everywhere (encoder hidden states, attention, head)")
     p.add_argument("--strong-weight-decay", type=float, default=0.1, help="'strong': AdamW weight decay")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs, not the answer")
     return p
 
 

@@ -3,7 +3,6 @@ the encoder frozen (only the head trained), on the same SST-2 sentences, steps a
 
     python -m chapters.solutions.ch13_pooling --data-dir ../shared/data
 """
-import argparse
 import copy
 import sys
 from pathlib import Path
@@ -11,20 +10,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file from a clone, too
 
 from chapters import ch13_language_understanding as ch13
-from chapters.solutions import CH13_SMOKE, ch13_sst2_setup, print_table, save_rows, split_argv
+from chapters.solutions import CH13_SMOKE, ch13_sst2_setup, print_table, save_rows, solution_parser, split_argv
 from nanoft.heads import freeze_encoder
 from nanoft.sst2 import Collate
 
-Defaults = argparse.ArgumentDefaultsHelpFormatter  # --help shows each flag's default
-
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False, formatter_class=Defaults,
-                                epilog="Any other flag goes to chapters/ch13_language_understanding.py "
-                                       "(e.g. --head-lr, the frozen runs' lr).")
+    p = solution_parser(__doc__, "ch13_language_understanding.py", "e.g. --head-lr, the frozen runs' lr")
     p.add_argument("--lr", type=float, default=1e-4,
                    help="lr of full fine-tuning (the middle of the chapter's sweep; pass its winner)")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs, not the answer")
     return p
 
 

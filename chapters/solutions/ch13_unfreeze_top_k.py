@@ -3,7 +3,6 @@ top k encoder layers with it, then everything; SST-2 accuracy against trainable 
 
     python -m chapters.solutions.ch13_unfreeze_top_k --data-dir ../shared/data --k 0,1,2,6,full
 """
-import argparse
 import copy
 import sys
 from pathlib import Path
@@ -11,22 +10,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file from a clone, too
 
 from chapters import ch13_language_understanding as ch13
-from chapters.solutions import CH13_SMOKE, ch13_sst2_setup, print_table, save_rows, split_argv
+from chapters.solutions import CH13_SMOKE, ch13_sst2_setup, print_table, save_rows, solution_parser, split_argv
 from nanoft.heads import freeze_encoder
 from nanoft.sst2 import Collate
 
-Defaults = argparse.ArgumentDefaultsHelpFormatter  # --help shows each flag's default
-
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False, formatter_class=Defaults,
-                                epilog="Any other flag goes to chapters/ch13_language_understanding.py "
-                                       "(e.g. --head-lr, the lr of k = 0).")
+    p = solution_parser(__doc__, "ch13_language_understanding.py", "e.g. --head-lr, the lr of k = 0")
     p.add_argument("--k", default="0,1,2,6,full",
                    help="top encoder layers trained with the head; 'full' = no freezing at all (embeddings too)")
     p.add_argument("--lr", type=float, default=1e-4,
                    help="lr of every run with k > 0 (the middle of the chapter's sweep); k = 0 uses --head-lr")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs, not the answer")
     return p
 
 
