@@ -372,6 +372,12 @@ def fine_tune(model, data, loss_fn, eval_fn, args, lr, steps, batch_size, collat
     return seconds, result
 
 
+def fine_tune_on_sst2(model, sst2, args, lr, steps):
+    """fine_tune on SST-2's training sentences, early-stopped on validation accuracy -> (seconds, result)."""
+    return fine_tune(model, sst2["train"], task_loss("sst2"), sst2_val(sst2), args, lr, steps, args.batch_size,
+                     Collate(), "val_acc")
+
+
 def sweep_sst2(encoder, sst2, args):
     """Full fine-tuning of encoder + classification head with each --lrs value; the best on validation wins."""
     steps = steps_for(args, args.sst2_steps, len(sst2["train"]), args.batch_size)
@@ -383,8 +389,7 @@ def sweep_sst2(encoder, sst2, args):
         print(f"lr {lr:g}:")
         seed_everything(args.seed)  # the same head init for every run
         model = sst2_model(copy.deepcopy(encoder), args)
-        seconds, result = fine_tune(model, sst2["train"], task_loss("sst2"), sst2_val(sst2), args, lr, steps,
-                                    args.batch_size, Collate(), "val_acc")
+        seconds, result = fine_tune_on_sst2(model, sst2, args, lr, steps)
         runs.append(dict(lr=lr, val_acc=result.best_metric, seconds=seconds, model=model))
     best = max(runs, key=lambda r: r["val_acc"])
     for r in runs:  # only the winner goes on (to dev); the others' weights can go
@@ -508,8 +513,7 @@ def frozen_sst2(encoder, sst2, args, steps):
     model = freeze_encoder(sst2_model(copy.deepcopy(encoder), args))
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"  trainable parameters: {n_train:,} of {sum(p.numel() for p in model.parameters()):,}")
-    seconds, _ = fine_tune(model, sst2["train"], task_loss("sst2"), sst2_val(sst2), args, args.head_lr, steps,
-                           args.batch_size, Collate(), "val_acc")
+    seconds, _ = fine_tune_on_sst2(model, sst2, args, args.head_lr, steps)
     return sst2_accuracy(model, sst2["dev"]), seconds
 
 
@@ -560,8 +564,7 @@ def main(argv=None):
     print(f"Fine-tuning the adapted encoder like the winner: lr {lr:g}, {sst2_steps} steps, same batches and head init")
     seed_everything(args.seed)
     tapt_model = sst2_model(tapt_encoder, args)
-    tapt_seconds, _ = fine_tune(tapt_model, sst2["train"], task_loss("sst2"), sst2_val(sst2), args, lr, sst2_steps,
-                                args.batch_size, Collate(), "val_acc")
+    tapt_seconds, _ = fine_tune_on_sst2(tapt_model, sst2, args, lr, sst2_steps)
     tapt_acc = sst2_accuracy(tapt_model, sst2["dev"])
 
     # 3. multi-task learning

@@ -12,7 +12,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file fr
 from chapters import ch13_language_understanding as ch13
 from chapters.solutions import CH13_SMOKE, ch13_sst2_setup, print_table, save_rows, solution_parser, split_argv
 from nanoft.heads import freeze_encoder
-from nanoft.sst2 import Collate
 
 
 def build_parser():
@@ -36,8 +35,7 @@ def main(argv=None):
             model = ch13.sst2_model(copy.deepcopy(encoder), args)
             if frozen:
                 freeze_encoder(model)
-            seconds, result = ch13.fine_tune(model, sst2["train"], ch13.task_loss("sst2"), ch13.sst2_val(sst2),
-                                             args, lr, steps, args.batch_size, Collate(), "val_acc")
+            seconds, result = ch13.fine_tune_on_sst2(model, sst2, args, lr, steps)
             rows.append(dict(training=what, pooling=pooling, lr=lr, val_acc=result.best_metric,
                              dev_acc=ch13.sst2_accuracy(model, sst2["dev"]), seconds=seconds))
     print_table(rows, [("training", "training", "{}"), ("pooling", "pooling", "{}"), ("lr", "lr", "{:g}"),

@@ -12,7 +12,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file fr
 
 from chapters import ch13_language_understanding as ch13
 from chapters.solutions import CH13_SMOKE, ch13_sst2_setup, print_table, save_rows, solution_parser, split_argv
-from nanoft.sst2 import Collate
 
 
 def build_parser():
@@ -37,8 +36,7 @@ def main(argv=None):
         print(f"Fine-tuning after {epochs} epoch(s) of TAPT: lr {own.lr:g}, {steps} steps")
         ch13.seed_everything(args.seed)  # the same head init and data order for every run
         model = ch13.sst2_model(copy.deepcopy(adapted), args)
-        seconds, result = ch13.fine_tune(model, sst2["train"], ch13.task_loss("sst2"), ch13.sst2_val(sst2), args,
-                                         own.lr, steps, args.batch_size, Collate(), "val_acc")
+        seconds, result = ch13.fine_tune_on_sst2(model, sst2, args, own.lr, steps)
         rows.append(dict(tapt_epochs=epochs, mlm_steps=epochs * steps_per_epoch, val_acc=result.best_metric,
                          dev_acc=ch13.sst2_accuracy(model, sst2["dev"]), mlm_seconds=mlm_seconds,
                          finetune_seconds=seconds))
