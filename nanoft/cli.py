@@ -1,0 +1,88 @@
+"""Command-line helpers for scripts built on nanoft: flag types that refuse impossible values, and one line per
+user error instead of a traceback.
+
+    p.add_argument("--steps", type=positive_int, default=100)     # 0, -1 or "abc": argparse prints one usage line
+    p.add_argument("--lrs", type=float_list, default="5e-5,1e-4") # "abc" -> "--lrs: 'abc' is not a number ..."
+    if __name__ == "__main__":
+        run_main(main)                                              # ValueError("...fix...") -> one line, exit 2
+
+nanoft raises ValueError (a bad value: a flag, a shape, malformed data) and FileNotFoundError (a missing file) with
+a message that names the problem and the fix. A script wants that one line, not 30 lines of traceback before it;
+an API user wants the exception. run_main gives the script the line; everything else (a TypeError, an
+AttributeError, a RuntimeError from torch: programming errors) still raises with its traceback.
+NANOFT_DEBUG=1 (or --debug on the command line) shows the traceback of a user error too.
+"""
+import argparse
+import os
+import sys
+
+
+def _number(kind, text):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+
+
+def positive_int(text) -> int:
+    """An integer >= 1 (steps, sizes, counts)."""
+    value = _number(int, text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: give an integer >= 1")
+    return value
+
+
+def nonneg_int(text) -> int:
+    """An integer >= 0, for flags where 0 has a meaning of its own that their help states (e.g. 0 = all)."""
+    value = _number(int, text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: give an integer >= 0")
+    return value
+
+
+def positive_float(text) -> float:
+    """A number > 0 (learning rates, temperatures)."""
+    value = _number(float, text)
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{value:g} is not allowed: give a number > 0")
+    return value
+
+
+def fraction(text) -> float:
+    """A number in [0, 1) (dropout, warmup share, masking probability)."""
+    value = _number(float, text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{value:g} is not allowed: give a number from 0 up to (not including) 1")
+    return value
+
+
+def nonneg_float(text) -> float:
+    """A number >= 0 (weight decay)."""
+    value = _number(float, text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{value:g} is not allowed: give a number >= 0")
+    return value
+
+
+def float_list(text) -> list:
+    """Comma-separated numbers > 0, e.g. "5e-5,1e-4"."""
+    values = [positive_float(x.strip()) for x in text.split(",") if x.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} holds no number: give comma-separated numbers, e.g. 5e-5,1e-4")
+    return values
+
+
+def run_main(main, argv=None):
+    """Run main(argv); a user error (ValueError, FileNotFoundError) becomes one line on stderr and exit code 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or os.environ.get("NANOFT_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return main(argv)
+    except (ValueError, FileNotFoundError) as e:
+        if debug:
+            raise
+        name = sys.argv[0].split("/")[-1] or "nanoft"
+        message = " ".join(str(e).split())  # one line, whatever the exception's text
+        print(f"{name}: error: {message} (NANOFT_DEBUG=1 shows the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
