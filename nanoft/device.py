@@ -7,6 +7,7 @@ these once, before the loop.
 import os
 from contextlib import nullcontext
 from functools import partial
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -36,10 +37,61 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+def cpu_bf16_support() -> tuple:
+    """(whether this CPU computes bf16 natively, why): what precision="auto" decides on for a CPU.
+
+    Asks torch's own CPU feature probe (cpuinfo, through torch.cpu.get_capabilities). bf16 pays only with
+    instructions that multiply bf16 directly: AVX512-BF16 (AMD Zen 4 and later, Intel Cooper Lake and later)
+    or AMX-BF16 (Intel Sapphire Rapids and later) on x86, the BF16 extension (Apple M2 and later, Graviton 3)
+    on ARM. A CPU that only has AVX-512 or AVX2 converts bf16 to fp32 and back around every product, which
+    is slower than plain fp32."""
+    get = getattr(torch.cpu, "get_capabilities", None)  # torch >= 2.8
+    caps = dict(get()) if get else {
+        "avx512_bf16": getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)(),
+        "amx_bf16": getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()}
+    found = [name for key, name in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"), ("bf16", "ARM BF16"))
+             if caps.get(key)]
+    if not found:
+        have = torch.backends.cpu.get_cpu_capability()  # the widest vector unit torch dispatches to, e.g. "AVX2"
+        return False, f"this CPU ({have}) has no native bf16 arithmetic (AVX512-BF16, AMX or ARM BF16)"
+    if not torch.backends.mkldnn.is_available():  # oneDNN is the library that runs CPU bf16 matmuls fast
+        return False, f"this CPU has {found[0]} but this torch build has no oneDNN to use it"
+    return True, f"this CPU has {found[0]}"
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple:
+    """("fp32" | "bf16" | "fp16", why): what `precision` means on `device`; "auto" picks by the hardware."""
+    if precision != "auto":
+        return precision, "asked for"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "this GPU has bf16"
+        return "fp16", "this GPU has no bf16 (fp16 with loss scaling)"
+    if device.type == "cpu":
+        native, why = cpu_bf16_support()
+        return ("bf16", why) if native else ("fp32", why)
+    return "fp32", f"no mixed precision is set up for {device.type}"
+
+
+_said = set()
+
+
+def describe_precision(precision: str, device: torch.device) -> Optional[str]:
+    """The line a run prints about precision="auto", once per process (None the other times, or when
+    the precision was asked for by name)."""
+    name, why = resolve_precision(precision, device)
+    if precision != "auto" or (name, why) in _said:
+        return None
+    _said.add((name, why))
+    if name == "fp32":
+        return f"precision auto -> fp32: {why}"
+    return (f"precision auto -> {name} autocast: {why}; weights, gradients and the AdamW update stay fp32 "
+            "(precision='fp32' turns it off)")
+
+
 def autocast_for(precision: str, device: torch.device):
     """(a context factory for the forward pass, whether fp16 needs a GradScaler)."""
-    if precision == "auto":
-        precision = "fp32" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    precision, _ = resolve_precision(precision, device)
     if precision == "fp32":
         return nullcontext, False
     if precision == "fp16" and device.type != "cuda":
@@ -49,8 +101,23 @@ def autocast_for(precision: str, device: torch.device):
     if precision not in ("bf16", "fp16"):
         raise ValueError(f"precision={precision!r}: use 'auto', 'fp32', 'bf16' or 'fp16'")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    # bf16 has fp32's exponent range, so its gradients cannot overflow: only fp16 needs loss scaling
+    # bf16 has fp32's exponent range, so its gradients cannot overflow: only fp16 needs loss scaling.
+    # Autocast runs matmuls in bf16 from bf16 copies of the fp32 weights; the weights and their gradients
+    # (and so the optimizer) stay fp32, so small updates are not rounded away
     return partial(torch.autocast, device.type, dtype=dtype), precision == "fp16"
+
+
+def to_device(batch, device):
+    """A batch (a tensor, or a dict / list / tuple of them, nested) with every tensor on `device`; everything
+    else (strings, ids, None) is returned untouched. non_blocking: from pinned memory the copy overlaps compute."""
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        items = [to_device(v, device) for v in batch]
+        return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)  # namedtuple or plain
+    return batch
 
 
 def gather(obj, world: int) -> list:

@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 from tqdm.auto import tqdm
 
-from nanoft.device import autocast_for, gather, pick_device, setup_distributed
+from nanoft.device import autocast_for, describe_precision, gather, pick_device, setup_distributed, to_device
 from nanoft.optim import build_optimizer, build_scheduler, describe_groups
 from nanoft.run_files import load_checkpoint, open_log, plain, rng_state, save_checkpoint, set_rng_state
 
@@ -56,7 +56,9 @@ class TrainConfig:
     num_workers: int = 0
     # hardware
     device: str = "auto"  # "auto": cuda if available, else cpu
-    precision: str = "auto"  # "auto" (bf16 on CUDA, fp16 on older GPUs, fp32 on CPU) | "fp32" | "bf16" | "fp16"
+    # "auto": bf16 autocast on a GPU with bf16 (else fp16) and on a CPU with native bf16 (AVX512-BF16, AMX,
+    # ARM BF16), fp32 on other CPUs; the run says which, once | "fp32" | "bf16" | "fp16". Weights stay fp32
+    precision: str = "auto"
     gradient_checkpointing: bool = False  # GPT2 / BERT: recompute blocks in backward to save memory
     compile: bool = False  # torch.compile the training forward/backward (the first steps pay for compiling)
     find_unused_parameters: bool = False  # DDP: True when some parameters get no gradient (multi-task heads)
@@ -65,12 +67,14 @@ class TrainConfig:
     metric: str = "val_loss"  # the key of eval_fn's dict that picks the best checkpoint
     mode: str = "min"  # "min" (a loss) | "max" (an accuracy)
     patience: Optional[int] = None  # stop after this many evaluations without improvement; None: never
+    restore_best: bool = False  # with eval_fn: end with the weights of the best evaluation, not the last step's
     # files: out_dir/checkpoint.pt (latest), best.pt (best weights), log.jsonl; out_dir None: no files
     out_dir: Optional[str] = None
     checkpoint_every: int = 0  # optimizer steps; 0: at each evaluation and at the end; -1: never (no resume)
     resume: bool = False  # continue from out_dir/checkpoint.pt when it exists
     log_every: int = 10
     progress: bool = True  # tqdm bar and messages (rank 0 only)
+    verbose: bool = False  # also print the weight-decay parameter groups (nanoft.optim.describe_groups)
     seed: int = 0
 
 
@@ -108,10 +112,16 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, cfg: TrainConfi
     scheduler = build_scheduler(optimizer, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)  # fp16 only; otherwise every call passes through
     if is_main and cfg.progress:
-        print(describe_groups(optimizer.param_groups))
+        said = describe_precision(cfg.precision, device)  # what "auto" picked and why, once per process
+        if said:
+            print(said)
+        if cfg.verbose:
+            print("AdamW parameter groups (matrices get weight decay; biases, norms and embeddings do not):")
+            print(describe_groups(optimizer.param_groups))
 
     step, epoch, batch_in_epoch, rng = 0, 0, 0, None
     early = {"best": None, "best_step": None, "bad_evals": 0}
+    best_weights = None  # restore_best without out_dir: a CPU copy of the state_dict at the best evaluation
     if cfg.resume and out and os.path.exists(os.path.join(out, "checkpoint.pt")):
         ckpt = load_checkpoint(os.path.join(out, "checkpoint.pt"), model, optimizer, scheduler, scaler)
         data = ckpt["data"]
@@ -209,6 +219,8 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, cfg: TrainConfi
                     if out and is_main:
                         save_checkpoint(os.path.join(out, "best.pt"),
                                         {"model": model.state_dict(), "step": step, "metrics": metrics})
+                    elif cfg.restore_best and not out:
+                        best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                 else:
                     early["bad_evals"] += 1
                     stopped_early = cfg.patience is not None and early["bad_evals"] >= cfg.patience
@@ -231,6 +243,15 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, cfg: TrainConfi
             # every rank finishes its last collective before any rank tears the group down: a gloo rank that
             # exits while a peer still talks to it aborts the whole run ("terminate called ...")
             dist.barrier()
+        if cfg.restore_best and eval_fn and early["best"] is not None:
+            # after the barrier, so that under DDP rank 0 has written best.pt before any rank reads it; every
+            # rank loads the same weights, so the processes stay in step for what the caller does next
+            if out:
+                load_checkpoint(os.path.join(out, "best.pt"), model)  # also right for a best found before a resume
+            elif best_weights is not None:
+                model.load_state_dict(best_weights)
+            if is_main and cfg.progress and early["best_step"] != step:
+                print(f"restored the weights of step {early['best_step']} ({cfg.metric} {early['best']:.4f})")
     finally:
         bar.close()
         if log_file:
@@ -285,7 +306,7 @@ def _micro_batches(dataset, cfg, rank, world, collate_fn, epoch, start, device):
                             pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(seed))
         for i, batch in enumerate(loader, start=start + 1):
             n_tokens = count_tokens(batch)  # before the copy: counting on the GPU would stall the loop
-            yield epoch, i, _to_device(batch, device), n_tokens
+            yield epoch, i, to_device(batch, device), n_tokens
         epoch, start = epoch + 1, 0
 
 
@@ -299,16 +320,6 @@ def count_tokens(batch) -> int:
         return int(batch["attention_mask"].sum())
     ids = batch.get("input_ids", batch.get("x"))
     return ids.numel() if torch.is_tensor(ids) else 0
-
-
-def _to_device(batch, device):
-    if torch.is_tensor(batch):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
 
 
 # ----------------------------------------------------------------------------- setup and evaluation

@@ -26,8 +26,9 @@ def loss_fn(m, batch):
 
 
 def cfg_for(tmp_path=None, **kw):
+    # fp32: most tests compare runs to the last bit (on a CPU with bf16, "auto" would pick bf16 autocast)
     base = dict(lr=1e-2, weight_decay=0.1, max_steps=6, batch_size=4, device="cpu", progress=False, seed=3,
-                out_dir=str(tmp_path) if tmp_path else None, log_every=1)
+                out_dir=str(tmp_path) if tmp_path else None, log_every=1, precision="fp32")
     return TrainConfig(**{**base, **kw})
 
 
@@ -291,19 +292,40 @@ def test_empty_dataset_and_oversized_batch_fail_before_training():
 # ----------------------------------------------------------------------------- precision, checkpointing
 
 
-def test_precision_autocast_on_cpu():
+def test_precision_autocast_on_cpu(monkeypatch, capsys):
+    D = sys.modules["nanoft.device"]
     seen = []
 
     def probe(m, b):
         seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
-        loss = loss_fn(m, b)
-        seen.append(loss.dtype)
-        return loss
-    train(TinyNet(), tiny_dataset(), probe, cfg_for(max_steps=1))  # precision "auto" -> fp32 on CPU
+        return loss_fn(m, b)
+    # "auto" follows the CPU's bf16 check, mocked both ways (this machine's answer must not decide the test)
+    monkeypatch.setattr(D, "cpu_bf16_support", lambda: (False, "mocked: no bf16"))
+    train(TinyNet(), tiny_dataset(), probe, cfg_for(max_steps=1, precision="auto", progress=True))
     assert seen[0][0] is False
+    assert "precision auto -> fp32: mocked: no bf16" in capsys.readouterr().out
     seen.clear()
-    res = train(TinyNet(), tiny_dataset(), probe, cfg_for(max_steps=2, precision="bf16"))
+    monkeypatch.setattr(D, "cpu_bf16_support", lambda: (True, "mocked: bf16"))
+    torch.manual_seed(0)
+    model = TinyNet(dropout=0.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = train(model, tiny_dataset(), probe, cfg_for(max_steps=2, precision="auto", progress=True))
     assert seen[0] == (True, torch.bfloat16) and res.history[-1]["loss"] > 0
+    out = capsys.readouterr().out
+    assert "precision auto -> bf16 autocast: mocked: bf16" in out
+    # a bf16 step moves every weight, and the weights stay fp32: autocast, not a bf16 model
+    for k, v in model.state_dict().items():
+        assert v.dtype == torch.float32 and not torch.equal(v, before[k]), k
+    # the forward really ran in bf16: its losses are close to fp32's, not equal (bf16 keeps 8 bits of mantissa)
+    fp32 = TinyNet(dropout=0.0)
+    fp32.load_state_dict(before)
+    ref = train(fp32, tiny_dataset(), loss_fn, cfg_for(max_steps=2, precision="fp32"))
+    for r, q in zip(res.history, ref.history):
+        assert r["loss"] != q["loss"] and r["loss"] == pytest.approx(q["loss"], rel=2e-2)
+    # said once per process: a second run with the same answer prints nothing about precision
+    train(TinyNet(), tiny_dataset(), probe, cfg_for(max_steps=1, precision="auto", progress=True))
+    assert "precision auto" not in capsys.readouterr().out
+    res = train(TinyNet(), tiny_dataset(), probe, cfg_for(max_steps=2, precision="bf16"))
     with pytest.raises(ValueError, match="fp16' needs a CUDA GPU"):
         train(TinyNet(), tiny_dataset(), probe, cfg_for(precision="fp16"))
 
@@ -386,3 +408,38 @@ def test_count_tokens_counts_non_pad():
     assert count_tokens({"input_ids": ids, "attention_mask": (ids != 0).long()}) == 4
     assert count_tokens({"input_ids": ids}) == 8
     assert count_tokens({"input_ids": ids, "num_tokens": torch.tensor([3, 1])}) == 4
+
+
+# ----------------------------------------------------------------------------- restore_best, what a run prints
+
+
+@pytest.mark.parametrize("with_out_dir", [True, False])
+def test_restore_best_ends_with_the_best_evaluations_weights(tmp_path, with_out_dir):
+    # the metric is best at the 2nd of 4 evaluations: the model must end with the weights it had then,
+    # from best.pt with an out_dir and from the in-memory copy without one
+    snapshots, values = [], [3.0, 1.0, 2.0, 2.5]
+
+    def eval_fn(m):
+        snapshots.append({k: v.clone() for k, v in m.state_dict().items()})
+        return {"val_loss": values[len(snapshots) - 1]}
+
+    cfg = cfg_for(tmp_path if with_out_dir else None, max_steps=8, eval_every=2, restore_best=True)
+    model = TinyNet(dropout=0.0)
+    res = train(model, tiny_dataset(), loss_fn, cfg, eval_fn=eval_fn)
+    assert res.best_step == 4 and len(snapshots) == 4
+    assert not torch.equal(snapshots[1]["fc.weight"], snapshots[3]["fc.weight"])  # the last weights differ
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, snapshots[1][k]), k
+    # restore_best=False (the default) keeps the last step's weights
+    snapshots.clear()
+    model = TinyNet(dropout=0.0)
+    train(model, tiny_dataset(), loss_fn, replace(cfg, restore_best=False, out_dir=None), eval_fn=eval_fn)
+    assert torch.equal(model.state_dict()["fc.weight"], snapshots[3]["fc.weight"])
+
+
+def test_parameter_groups_print_only_when_verbose(capsys):
+    train(TinyNet(), tiny_dataset(), loss_fn, cfg_for(max_steps=1, progress=True, precision="fp32"))
+    assert "weight_decay=" not in capsys.readouterr().out
+    train(TinyNet(), tiny_dataset(), loss_fn, cfg_for(max_steps=1, progress=True, precision="fp32", verbose=True))
+    out = capsys.readouterr().out
+    assert "matrices get weight decay" in out and "weight_decay=0.1: 2 tensors" in out
