@@ -3,15 +3,19 @@ BERT, the encoder, in one file (the nanoGPT model.py recipe applied to BERT).
 
 Embeddings (word + position + token type, LayerNorm, dropout) -> N post-LayerNorm Transformer blocks
 -> last hidden state (B, T, H); `pool` gives the [CLS] pooler output and `BertMLMHead` the masked-LM
-logits. Parameter names are nanoft's own (fused qkv); nanoft/checkpoint.py maps them to and from
-Hugging Face's names, so pretrained checkpoints (bert-base-uncased, all-MiniLM-L6-v2, ...) load as is.
+logits. Parameter names are nanoft's own (fused qkv); the end of this file maps them to and from Hugging
+Face's names, so pretrained checkpoints (bert-base-uncased, all-MiniLM-L6-v2, ...) load as is: from_pretrained
+reads a folder through hf_files.py, renames, and loads.
 """
-from dataclasses import dataclass
+import re
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from nanoft import hf_files
 
 
 @dataclass
@@ -71,7 +75,7 @@ class SelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.n_head = config.num_attention_heads
-        # one matmul for query, key and value (rows stacked q, k, v); checkpoint.py concatenates HF's three Linears
+        # one matmul for query, key and value (rows stacked q, k, v); bert_from_hf concatenates HF's three Linears
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.attn_dropout = config.attention_probs_dropout_prob
@@ -189,13 +193,23 @@ class BERT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     @classmethod
-    def from_pretrained(cls, name_or_path, **kwargs):
-        from nanoft.checkpoint import load_bert  # checkpoint imports this module, so import here
-        return load_bert(name_or_path, **kwargs)
+    def from_pretrained(cls, name_or_path, *, strict=True, **hub_kwargs):
+        """The encoder of any Hugging Face BERT checkpoint (BertModel, BertForMaskedLM, BertForPreTraining,
+        BertForSequenceClassification...), a local folder or a hub id: task heads are ignored.
+        hub_kwargs (revision, cache_dir, offline) go to nanoft.hub.resolve."""
+        config, enc, rest = read_bert(name_or_path, **hub_kwargs)
+        unexpected = {k: v for k, v in rest.items() if not BERT_IGNORED.fullmatch(k)}
+        model = hf_files.load_into(cls(config), {**enc, **unexpected}, name_or_path, strict, fresh=("pooler.",))
+        if "pooler.dense.weight" not in enc:
+            # BertForMaskedLM checkpoints have no pooler (transformers builds that model without one)
+            print(f"nanoft: {name_or_path} has no pooler (pooler.dense): it starts freshly initialised; fine-tune "
+                  "it with a head that uses it (ClassificationHead pooling='cls')")
+        return model
 
     def save_pretrained(self, folder):
-        from nanoft.checkpoint import save_bert
-        save_bert(self, folder)
+        """config.json + model.safetensors, as transformers' BertModel."""
+        tensors = bert_to_hf(_detached(self), self.config.num_hidden_layers)
+        hf_files.write_folder(folder, hf_config(self.config, "BertModel"), tensors)
 
 
 class BertMLMHead(nn.Module):
@@ -248,10 +262,143 @@ class BertForMaskedLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     @classmethod
-    def from_pretrained(cls, name_or_path, **kwargs):
-        from nanoft.checkpoint import load_bert_mlm  # checkpoint imports this module, so import here
-        return load_bert_mlm(name_or_path, **kwargs)
+    def from_pretrained(cls, name_or_path, *, strict=True, **hub_kwargs):
+        """Encoder + masked-LM head (cls.predictions.*). A checkpoint without an MLM head (e.g. a sentence-embedding
+        model) gets a freshly initialised one, with a notice."""
+        config, enc, rest = read_bert(name_or_path, **hub_kwargs)
+        model = cls(config)
+        head = mlm_head_from_hf(rest, enc.get("embeddings.word.weight"))
+        fresh = ("bert.pooler.",)  # unused by masked LM, and absent from transformers' BertForMaskedLM
+        if not head:
+            fresh += ("mlm_head.",)
+        # the cls.predictions.* tensors are already in `head`; what else is left over is reported as unexpected
+        unexpected = {k: v for k, v in rest.items() if not BERT_IGNORED.fullmatch(k)}
+        sd = {**{"bert." + k: v for k, v in enc.items()}, **head, **unexpected}
+        hf_files.load_into(model, sd, name_or_path, strict, fresh=fresh)
+        if not head:
+            print(f"nanoft: {name_or_path} has no masked-LM head (cls.predictions.*): it starts freshly initialised; "
+                  "train it (MLM) before using its predictions")
+        return model
 
     def save_pretrained(self, folder):
-        from nanoft.checkpoint import save_bert_mlm
-        save_bert_mlm(self, folder)
+        """Saved as transformers' BertForMaskedLM: "bert." prefix, no pooler (that model has none), the head as
+        cls.predictions.* without the decoder weight and bias (tied to the word embeddings and to
+        cls.predictions.bias)."""
+        sd, n_layer = _detached(self), self.config.num_hidden_layers
+        enc = {k.removeprefix("bert."): v for k, v in sd.items() if k.startswith("bert.") and ".pooler." not in k}
+        out = {"bert." + k: v for k, v in bert_to_hf(enc, n_layer).items()}
+        to_hf = {nano: hf for hf, nano in MLM_NAMES.items()}
+        for name, t in sd.items():
+            module, _, param = name.rpartition(".")
+            if module in to_hf:
+                out[f"{to_hf[module]}.{param}"] = t
+        out["cls.predictions.bias"] = sd["mlm_head.bias"]
+        hf_files.write_folder(folder, hf_config(self.config, "BertForMaskedLM"), out)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Hugging Face names. Hugging Face keeps the module names of Google's original TensorFlow BERT; nanoft uses short
+# ones and one fused qkv Linear (rows: query, key, value) instead of three. Each entry maps a module; .weight and
+# .bias follow.
+
+def bert_names(n_layer):
+    """HF module name -> nanoft module name, for an encoder with n_layer layers (no "bert." prefix)."""
+    names = {"embeddings.word_embeddings": "embeddings.word",
+             "embeddings.position_embeddings": "embeddings.position",
+             "embeddings.token_type_embeddings": "embeddings.token_type",
+             "embeddings.LayerNorm": "embeddings.ln",
+             "pooler.dense": "pooler.dense"}
+    for i in range(n_layer):
+        hf = f"encoder.layer.{i}."
+        names[hf + "attention.output.dense"] = f"layers.{i}.attn.proj"
+        names[hf + "attention.output.LayerNorm"] = f"layers.{i}.ln_1"  # post-LN after attention + residual
+        names[hf + "intermediate.dense"] = f"layers.{i}.mlp.fc"
+        names[hf + "output.dense"] = f"layers.{i}.mlp.proj"
+        names[hf + "output.LayerNorm"] = f"layers.{i}.ln_2"
+    return names
+
+
+MLM_NAMES = {"cls.predictions.transform.dense": "mlm_head.transform.dense",
+             "cls.predictions.transform.LayerNorm": "mlm_head.transform.ln"}
+# heads of other tasks, and the position-id constant: not part of the encoder
+BERT_IGNORED = re.compile(r"(cls|classifier|qa_outputs)\..*|embeddings\.position_ids")
+
+
+def read_bert(name_or_path, **hub_kwargs):
+    """(BertConfig, encoder tensors with nanoft names, the other tensors with HF names) of a BERT checkpoint."""
+    config = hf_files.read_config(name_or_path, "bert", **hub_kwargs)
+    hf_files.check_unsupported(config, position_embedding_type="absolute", is_decoder=False,
+                               add_cross_attention=False)
+    config = hf_files.config_from_dict(BertConfig, config)
+    enc, rest = bert_from_hf(hf_files.read_tensors(name_or_path, **hub_kwargs), config.num_hidden_layers)
+    return config, enc, rest
+
+
+def bert_from_hf(sd, n_layer):
+    """HF BERT tensors (any head, with or without "bert." prefix) -> (encoder tensors with nanoft names, the rest
+    with HF names). The rest holds the heads (cls.*) and whatever did not map (reported as unexpected)."""
+    names = bert_names(n_layer)
+    enc, rest, qkv = {}, {}, {}
+    for name, t in sd.items():
+        # Google's TF checkpoints called LayerNorm's scale and shift gamma and beta; old .bin files kept that
+        name = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name))
+        name = name.removeprefix("bert.")
+        module, _, param = name.rpartition(".")
+        m = re.fullmatch(r"encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)", module)
+        if m and int(m[1]) < n_layer:
+            qkv[(int(m[1]), param, m[2])] = t
+        elif module in names:
+            enc[f"{names[module]}.{param}"] = t
+        elif name != "embeddings.position_ids":
+            rest[name] = t
+    for i, param in sorted({(i, param) for i, param, _ in qkv}):
+        parts = [qkv.get((i, param, p)) for p in ("query", "key", "value")]
+        if all(p is not None for p in parts):
+            enc[f"layers.{i}.attn.qkv.{param}"] = torch.cat(parts, dim=0)  # (3H, H) or (3H,)
+        else:  # half a qkv: report the pieces as unexpected rather than guess
+            rest.update({f"encoder.layer.{i}.attention.self.{p}.{param}": qkv[(i, param, p)]
+                         for p in ("query", "key", "value") if (i, param, p) in qkv})
+    return enc, rest
+
+
+def bert_to_hf(sd, n_layer):
+    """nanoft BERT tensors -> HF BertModel names (no prefix)."""
+    to_hf = {nano: hf for hf, nano in bert_names(n_layer).items()}
+    out = {}
+    for name, t in sd.items():
+        module, _, param = name.rpartition(".")
+        m = re.fullmatch(r"layers\.(\d+)\.attn\.qkv", module)
+        if m:
+            for part, chunk in zip(("query", "key", "value"), t.chunk(3, dim=0)):
+                out[f"encoder.layer.{m[1]}.attention.self.{part}.{param}"] = chunk.contiguous()
+        else:
+            out[f"{to_hf[module]}.{param}"] = t
+    return out
+
+
+def mlm_head_from_hf(rest, word_embeddings):
+    """The cls.predictions.* tensors -> mlm_head.* names, or {} when the checkpoint has no MLM head."""
+    head = {}
+    for name, t in rest.items():
+        module, _, param = name.rpartition(".")
+        if module in MLM_NAMES:
+            head[f"{MLM_NAMES[module]}.{param}"] = t
+    # the output bias is stored twice (cls.predictions.bias and the tied cls.predictions.decoder.bias)
+    bias = rest.get("cls.predictions.bias", rest.get("cls.predictions.decoder.bias"))
+    if bias is not None:
+        head["mlm_head.bias"] = bias
+    decoder = rest.get("cls.predictions.decoder.weight")  # tied to the word embeddings when present
+    if (decoder is not None and word_embeddings is not None and decoder.shape == word_embeddings.shape
+            and not torch.equal(decoder, word_embeddings)):
+        raise ValueError("this BERT checkpoint's cls.predictions.decoder.weight differs from its word embeddings: "
+                         "nanoft's BertForMaskedLM always ties them, so load it with transformers instead")
+    return head
+
+
+def hf_config(config, architecture):
+    # model_type and architectures tell transformers which class to build from the folder
+    return {"model_type": "bert", "architectures": [architecture], **asdict(config)}
+
+
+def _detached(model):
+    return {k: v.detach() for k, v in model.state_dict().items()}

@@ -2,16 +2,22 @@
 
 A decoder-only transformer: token + position embeddings, n_layer pre-LayerNorm blocks (causal self-attention,
 then an MLP), a final LayerNorm and a language-model head that shares its weight with the token embedding.
-generate() samples with a key/value cache so each new token costs one position, not the whole prefix.
+generate() samples with a key/value cache so each new token costs one position, not the whole prefix (the choice
+of each token is in sampling.py). from_pretrained reads a Hugging Face folder through hf_files.py and maps the
+names at the end of this file; save_pretrained writes one back.
 """
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from nanoft import hf_files
+from nanoft.sampling import check_generate_args, sample_next_token
 
 
 @dataclass
@@ -255,57 +261,54 @@ class GPT2(nn.Module):
         return wte
 
     @classmethod
-    def from_pretrained(cls, name_or_path, **kwargs):
-        """Load a Hugging Face GPT-2 checkpoint (a local folder or a hub id such as "gpt2")."""
-        from nanoft.checkpoint import load_gpt2  # checkpoint imports this module, so import here
-        return load_gpt2(name_or_path, **kwargs)
+    def from_pretrained(cls, name_or_path, *, strict=True, **hub_kwargs):
+        """A GPT2 from a Hugging Face GPT-2 checkpoint: a local folder or a hub id such as "gpt2".
+        hub_kwargs (revision, cache_dir, offline) go to nanoft.hub.resolve."""
+        config = hf_files.read_config(name_or_path, "gpt2", **hub_kwargs)
+        hf_files.check_unsupported(config, scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False,
+                                   add_cross_attention=False)
+        model = cls(hf_files.config_from_dict(GPT2Config, config))
+        tensors = gpt2_from_hf(hf_files.read_tensors(name_or_path, **hub_kwargs))
+        return hf_files.load_into(model, tensors, name_or_path, strict)
 
     def save_pretrained(self, folder):
         """Write config.json + model.safetensors in Hugging Face's format (loadable by transformers too)."""
-        from nanoft.checkpoint import save_gpt2
-        save_gpt2(self, folder)
+        config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], **asdict(self.config)}
+        tensors = gpt2_to_hf({k: v.detach() for k, v in self.state_dict().items()})
+        hf_files.write_folder(folder, config, tensors)
 
 
-def check_generate_args(input_ids, max_new_tokens, temperature, top_k, top_p):
-    if input_ids.dim() != 2 or input_ids.dtype != torch.long:
-        raise ValueError(f"input_ids must be a (B, T) tensor of token ids (torch.long), got shape "
-                         f"{tuple(input_ids.shape)} {input_ids.dtype}: use ids[None] for one sequence, ids.long()")
-    if input_ids.size(1) == 0:
-        raise ValueError("input_ids is empty: pass at least one token (e.g. the bos/eos token) to start from")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens={max_new_tokens} is negative: pass 0 or more")
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} is negative: pass 0 for greedy or a positive value")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k={top_k} keeps no token: pass top_k >= 1 or None")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p={top_p} is outside (0, 1]: pass a probability mass such as 0.9, or None")
+# ---------------------------------------------------------------------------------------------------------------------
+# Hugging Face names. nanoft uses GPT2LMHeadModel's own names, so only two things change:
+# - the original "gpt2" repo was saved from GPT2Model and has no "transformer." prefix (h.0.attn..., wte.weight);
+# - c_attn, c_proj and c_fc are HF "Conv1D" layers, a port of the original TensorFlow code where they were 1x1
+#   convolutions computing x @ W with W stored (in, out). nn.Linear computes x @ W.T with W stored (out, in), so
+#   these weights are transposed on the way in and out.
+
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+GPT2_BUFFERS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")  # causal-mask constants older versions saved
 
 
-def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, do_sample=None, generator=None):
-    """Pick one token per row of logits (B, V) -> (B,). Greedy when do_sample is False or temperature is 0;
-    otherwise sample from softmax(logits / temperature) after top_k / top_p filtering."""
-    if do_sample is None:
-        do_sample = temperature > 0
-    if not do_sample or temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = filter_top_k_top_p(logits.float() / temperature, top_k, top_p).softmax(dim=-1)
-    # one multinomial call per step in both generate() paths: with the same generator the same random numbers
-    # are drawn, and since cached and uncached probabilities agree to ~1e-7, the same tokens come out
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+def gpt2_from_hf(sd):
+    out, lm_head = {}, None
+    for name, t in sd.items():
+        name = name.removeprefix("transformer.")
+        if GPT2_BUFFERS.fullmatch(name):
+            continue
+        if name == "lm_head.weight":
+            lm_head = t
+            continue
+        out["transformer." + name] = t.t() if name.endswith(CONV1D) else t
+    wte = out.get("transformer.wte.weight")
+    if lm_head is not None and wte is not None and lm_head.shape == wte.shape and not torch.equal(lm_head, wte):
+        raise ValueError("this GPT-2 checkpoint has an lm_head.weight that differs from transformer.wte.weight: "
+                         "nanoft's GPT2 always ties them, so load it with transformers instead")
+    if wte is not None:
+        out["lm_head.weight"] = wte  # tied: the head is the token embedding
+    return out
 
 
-def filter_top_k_top_p(logits, top_k=None, top_p=None):
-    """Set logits (B, V) to -inf outside the top_k tokens, then outside the smallest set of tokens whose
-    probability reaches top_p (nucleus sampling), in the same order as transformers."""
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1): the k-th largest logit
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        # drop a token when the tokens ranked above it already hold top_p of the mass (the first one always stays)
-        drop = probs.cumsum(dim=-1) - probs >= top_p
-        drop = torch.zeros_like(drop).scatter(-1, order, drop)  # back from rank order to vocabulary order
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
+def gpt2_to_hf(sd):
+    # lm_head.weight is left out, as transformers does: it is the same tensor as wte and the loader re-ties it
+    return {name: (t.t() if name.endswith(CONV1D) else t).contiguous()
+            for name, t in sd.items() if name != "lm_head.weight"}

@@ -4,11 +4,11 @@ A hub file lives at  {endpoint}/{repo_id}/resolve/{revision}/{filename}  (endpoi
 https://huggingface.co) and is cached once under  {cache}/hub/{owner--name}/{revision}/{filename}
 (cache: $NANOFT_CACHE, default ~/.cache/nanoft). A download streams into `<dest>.incomplete` and is renamed into
 place only when complete, so the cache never holds half a file; an interrupted download resumes from where it
-stopped with an HTTP Range request. HF_HUB_OFFLINE=1 (or offline=True) never touches the network.
+stopped with an HTTP Range request. HF_HUB_OFFLINE=1 or NANOFT_OFFLINE=1 (or offline=True) never touches the
+network: is_offline is the one switch for every download nanoft makes, models and data sets alike.
 """
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import re
@@ -21,6 +21,8 @@ from typing import Optional
 
 from tqdm import tqdm
 
+from nanoft.files import sha256_file
+
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CHUNK = 1 << 20  # 1 MiB reads keep memory flat for multi-GB checkpoints
 RETRIES = 3  # a dropped connection is retried (resuming) this many times before giving up
@@ -31,10 +33,14 @@ def cache_root(cache_dir=None) -> Path:
     return Path(cache_dir or os.environ.get("NANOFT_CACHE") or Path.home() / ".cache" / "nanoft").expanduser()
 
 
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "NANOFT_OFFLINE")  # transformers' switch, and nanoft's own
+
+
 def is_offline(offline: Optional[bool] = None) -> bool:
+    """offline=True/False decides; None asks the environment: either variable set to 1/true/yes/on."""
     if offline is not None:
         return bool(offline)
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in OFFLINE_VARS)
 
 
 def _endpoint() -> str:
@@ -77,7 +83,7 @@ def resolve(name_or_path, filename: str, *, revision: str = "main", cache_dir=No
     if is_offline(offline):
         if not required:
             return None
-        raise FileNotFoundError(f"offline mode (HF_HUB_OFFLINE=1 or offline=True): {filename} of repo {repo_id} is "
+        raise FileNotFoundError(f"offline mode (HF_HUB_OFFLINE=1, NANOFT_OFFLINE=1 or offline=True): {filename} of repo {repo_id} is "
                                 f"not in the cache at {cached}: run once online to download it, or pass a local folder")
     try:
         return download_file(hub_url(repo_id, filename, revision), cached, desc=f"{repo_id}/{filename}",
@@ -100,12 +106,12 @@ def download_file(url: str, dest, desc: Optional[str] = None, sha256: Optional[s
     bar, verifies sha256 and renames into place atomically. `token` goes in an Authorization header."""
     dest = Path(dest)
     if dest.is_file():
-        if sha256 is None or _sha256(dest) == sha256.lower():
+        if sha256 is None or sha256_file(dest) == sha256.lower():
             return dest
         print(f"nanoft: {dest} does not match its sha256; downloading it again")
         dest.unlink()
     if is_offline(offline):
-        raise FileNotFoundError(f"offline mode (HF_HUB_OFFLINE=1 or offline=True) and {dest} is not downloaded yet: "
+        raise FileNotFoundError(f"offline mode (HF_HUB_OFFLINE=1, NANOFT_OFFLINE=1 or offline=True) and {dest} is not downloaded yet: "
                                 f"run once online to fetch {url}, or put the file there yourself")
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".incomplete")
@@ -118,15 +124,14 @@ def download_file(url: str, dest, desc: Optional[str] = None, sha256: Optional[s
             # network trouble (refused, reset, timed out, a 5xx): try again, resuming from what already arrived
             if attempt == RETRIES:
                 raise ConnectionError(f"could not download {url} ({_reason(e)}): check the network and run "
-                                      f"again (it resumes from {partial}), or set HF_HUB_OFFLINE=1 to use the "
-                                      "cache") from None
+                                      f"again{_resumes(partial)}, or set HF_HUB_OFFLINE=1 to use the cache only"
+                                      ) from None
         else:
             if attempt == RETRIES:
-                raise ConnectionError(f"download of {url} kept stopping early ({partial.stat().st_size} bytes so "
-                                      f"far): run again to resume from {partial}")
+                raise ConnectionError(f"download of {url} kept stopping early: run again{_resumes(partial)}")
 
     if sha256 is not None:
-        got = _sha256(partial)
+        got = sha256_file(partial)
         if got != sha256.lower():
             partial.unlink()  # a wrong file must not be resumed from next time
             raise ValueError(f"sha256 mismatch for {url}: expected {sha256.lower()}, got {got}: the file changed "
@@ -179,9 +184,7 @@ def _reason(e: Exception) -> str:
     return str(getattr(e, "reason", None) or e) or type(e).__name__
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+def _resumes(partial: Path) -> str:
+    # promise a resume only when there is something to resume from: a refused connection leaves no partial file
+    size = partial.stat().st_size if partial.is_file() else 0
+    return f" (it resumes from the {size:,} bytes in {partial})" if size else ""

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanoft.gpt2 import check_generate_args, sample_next_token
+from nanoft.sampling import check_generate_args, sample_next_token
 
 
 @dataclass

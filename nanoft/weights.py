@@ -1,4 +1,5 @@
-"""Read and write checkpoint files: safetensors (our own ~100 lines) and pytorch_model.bin (torch.load, tensors only).
+"""Read and write weight files: safetensors (our own ~100 lines), pytorch_model.bin (torch.load, tensors only), and
+the weights of a model folder (one file, or shards listed by an *.index.json). Tensors by name; no model here.
 
 A .safetensors file is three parts:
     8 bytes      N, the header length, unsigned little-endian
@@ -13,15 +14,15 @@ from __future__ import annotations
 import json
 import math
 import mmap
-import os
 import pickle
 import re
 import struct
-import tempfile
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
 import torch
+
+from nanoft.files import atomic_write
 
 # in the reference implementation's order (its Dtype enum): files are written largest rank first, see save_safetensors
 DTYPES = {
@@ -132,20 +133,6 @@ def _write_all(f, blob: bytes, items) -> None:
         f.write(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
-def atomic_write(path: Path, write: Callable) -> None:
-    # a temp file in the same folder, then os.replace: a crash leaves the old file or the new one, never half a file
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def load_pytorch_bin(path) -> Dict[str, torch.Tensor]:
     """A pytorch_model.bin state dict. weights_only=True: plain tensors and containers only, never arbitrary pickled
     objects, because unpickling a file from the internet can run any code."""
@@ -170,7 +157,7 @@ def load_state_dict_from_folder(folder, fetch: Optional[Callable[[str], Optional
                                 ) -> Dict[str, torch.Tensor]:
     """The state dict of a Hugging Face model folder: model.safetensors, a sharded model.safetensors.index.json,
     pytorch_model.bin or a sharded pytorch_model.bin.index.json, in that order. `fetch(filename)` returns a local
-    path or None; by default it looks in `folder`, and checkpoint.py passes one that downloads from the hub."""
+    path or None; by default it looks in `folder`, and hf_files.py passes one that downloads from the hub."""
     if fetch is None:
         def fetch(name):
             p = Path(folder) / name

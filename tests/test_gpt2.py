@@ -8,7 +8,8 @@ import transformers  # the reference (test-only; nanoft itself never imports it)
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 import nanoft.gpt2 as gpt2_module
-from nanoft.gpt2 import GPT2, GPT2Config, filter_top_k_top_p, sample_next_token
+from nanoft.gpt2 import GPT2, GPT2Config
+from nanoft.sampling import filter_top_k_top_p, sample_next_token
 
 V, P = 1000, 128
 TINY = dict(vocab_size=V, n_positions=P, n_embd=64, n_layer=2, n_head=4)
@@ -216,7 +217,7 @@ def test_init_and_parameter_count():
     assert model.num_parameters() == hf.num_parameters()  # tied lm_head counted once, as transformers does
     assert model.num_parameters(exclude_embeddings=True) == model.num_parameters() - (V + P) * 128
     hf_names = {k for k in hf.state_dict() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
-    assert set(model.state_dict()) == hf_names  # same names; checkpoint.py only transposes Conv1D weights
+    assert set(model.state_dict()) == hf_names  # same names; gpt2_from_hf only transposes Conv1D weights
     assert model.lm_head.weight is model.transformer.wte.weight
     scaled = 0.02 / math.sqrt(2 * 8)
     for block in model.transformer.h:

@@ -63,6 +63,7 @@ def server(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", srv.url)
     monkeypatch.setenv("NANOFT_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("NANOFT_OFFLINE", raising=False)  # CI sets it; these tests talk to a local server only
     monkeypatch.delenv("HF_TOKEN", raising=False)
     yield srv
     srv.shutdown()

@@ -3,7 +3,7 @@ cached (hidden-state) generation against re-reading the whole prefix, and sampli
 import pytest
 import torch
 
-from nanoft.gpt2 import sample_next_token
+from nanoft.sampling import sample_next_token
 from nanoft.lstm import LSTMConfig, LSTMLM
 
 V = 50

@@ -1,4 +1,5 @@
-"""nanoft.checkpoint against transformers: same outputs from the same checkpoint, and exports transformers loads."""
+"""from_pretrained / save_pretrained (gpt2.py, bert.py over hf_files.py) against transformers: same outputs from the
+same checkpoint, and exports transformers loads."""
 import json
 import re
 
@@ -9,7 +10,6 @@ transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from nanoft.bert import BERT, BertConfig, BertForMaskedLM  # noqa: E402
-from nanoft.checkpoint import load_bert, load_bert_mlm, load_gpt2, save_bert, save_bert_mlm, save_gpt2  # noqa: E402
 from nanoft.gpt2 import GPT2, GPT2Config  # noqa: E402
 
 TOL = 1e-4
@@ -48,7 +48,7 @@ def bert_batch(vocab=120, seed=0):
 
 def test_gpt2_parity_safetensors(hf_gpt2, tmp_path):
     hf_gpt2.save_pretrained(tmp_path)
-    model = load_gpt2(tmp_path)
+    model = GPT2.from_pretrained(tmp_path)
     x = torch.randint(0, 1000, (2, 32))
     with torch.no_grad():
         d = max_diff(model(x), hf_gpt2(x).logits)
@@ -72,7 +72,7 @@ def test_gpt2_parity_pytorch_bin(hf_gpt2, tmp_path, layout):
             sd[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
     torch.save(sd, tmp_path / "pytorch_model.bin")
     hf_gpt2.config.to_json_file(tmp_path / "config.json")
-    model = load_gpt2(tmp_path)
+    model = GPT2.from_pretrained(tmp_path)
     x = torch.randint(0, 1000, (2, 32))
     with torch.no_grad():
         d = max_diff(model(x), hf_gpt2(x).logits)
@@ -84,7 +84,7 @@ def test_gpt2_sharded_safetensors(hf_gpt2, tmp_path):
     hf_gpt2.save_pretrained(tmp_path, max_shard_size="100KB")
     assert (tmp_path / "model.safetensors.index.json").is_file() and not (tmp_path / "model.safetensors").exists()
     assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
-    model = load_gpt2(tmp_path)
+    model = GPT2.from_pretrained(tmp_path)
     x = torch.randint(0, 1000, (2, 16))
     with torch.no_grad():
         assert max_diff(model(x), hf_gpt2(x).logits) < TOL
@@ -95,7 +95,7 @@ def test_gpt2_config_fields_carry_over(tmp_path):
                                   resid_pdrop=0.3, embd_pdrop=0.2, attn_pdrop=0.25, layer_norm_epsilon=1e-6,
                                   bos_token_id=1, eos_token_id=2)
     transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path)
-    c = load_gpt2(tmp_path).config
+    c = GPT2.from_pretrained(tmp_path).config
     assert (c.n_inner, c.resid_pdrop, c.embd_pdrop, c.attn_pdrop, c.layer_norm_epsilon, c.bos_token_id,
             c.eos_token_id) == (48, 0.3, 0.2, 0.25, 1e-6, 1, 2)
 
@@ -126,7 +126,7 @@ def test_gpt2_export_loads_in_transformers(tmp_path):
 
 def test_gpt2_round_trip_transformers_nanoft_transformers(hf_gpt2, tmp_path):
     hf_gpt2.save_pretrained(tmp_path / "hf")
-    save_gpt2(load_gpt2(tmp_path / "hf"), tmp_path / "nano")
+    GPT2.from_pretrained(tmp_path / "hf").save_pretrained(tmp_path / "nano")
     ours, theirs = load_file(tmp_path / "nano" / "model.safetensors"), load_file(tmp_path / "hf" / "model.safetensors")
     assert ours.keys() == theirs.keys()  # the same layout transformers writes, tensor for tensor
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
@@ -144,7 +144,7 @@ def test_bert_parity_real_minilm(minilm_dir):
               ["Someone plays music.", "Yes."], padding=True, return_tensors="pt")
     assert (enc["attention_mask"] == 0).any() and (enc["token_type_ids"] == 1).any()  # padded pairs
     ref = transformers.BertModel.from_pretrained(minilm_dir).eval()
-    model = load_bert(minilm_dir)
+    model = BERT.from_pretrained(minilm_dir)
     with torch.no_grad():
         out = ref(**enc)
         hidden = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
@@ -158,14 +158,14 @@ def test_bert_mlm_parity_and_round_trip(tmp_path):
     torch.manual_seed(2)
     ref = transformers.BertForMaskedLM(tiny_hf_bert_config()).eval()
     ref.save_pretrained(tmp_path / "hf")
-    model = load_bert_mlm(tmp_path / "hf")
+    model = BertForMaskedLM.from_pretrained(tmp_path / "hf")
     ids, mask, types = bert_batch()
     with torch.no_grad():
         d = max_diff(model(ids, mask, types), ref(input_ids=ids, attention_mask=mask, token_type_ids=types).logits)
     print(f"BertForMaskedLM logits max|diff| = {d:.2e}")
     assert d < TOL
 
-    save_bert_mlm(model, tmp_path / "nano")
+    model.save_pretrained(tmp_path / "nano")
     ours, theirs = load_file(tmp_path / "nano" / "model.safetensors"), load_file(tmp_path / "hf" / "model.safetensors")
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     again = hf_load(transformers.BertForMaskedLM, tmp_path / "nano")
@@ -188,7 +188,7 @@ def test_old_bert_bin_with_gamma_beta_and_pretraining_heads(tmp_path):
     ids, mask, types = bert_batch()
     with torch.no_grad():
         out = ref(input_ids=ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True)
-        encoder, mlm = load_bert(tmp_path), load_bert_mlm(tmp_path)
+        encoder, mlm = BERT.from_pretrained(tmp_path), BertForMaskedLM.from_pretrained(tmp_path)
         hidden = encoder(ids, mask, types)
         assert max_diff(hidden, out.hidden_states[-1]) < TOL
         assert max_diff(mlm(ids, mask, types), out.prediction_logits) < TOL
@@ -199,7 +199,7 @@ def test_bert_export_loads_in_transformers(tmp_path):
     cfg = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                      intermediate_size=64, max_position_embeddings=40, layer_norm_eps=1e-7, hidden_dropout_prob=0.2)
     model = BERT(cfg).eval()
-    save_bert(model, tmp_path)
+    model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["architectures"] == ["BertModel"] and config["layer_norm_eps"] == 1e-7
     hf = hf_load(transformers.BertModel, tmp_path)
@@ -212,7 +212,7 @@ def test_bert_export_loads_in_transformers(tmp_path):
         assert max_diff(model.pool(hidden), out.pooler_output) < TOL
 
     # and back: the reloaded encoder is the same model
-    again = load_bert(tmp_path)
+    again = BERT.from_pretrained(tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
 
 
@@ -235,7 +235,7 @@ def test_bert_encoder_ignores_task_heads(tmp_path):
     ref = transformers.BertForSequenceClassification(tiny_hf_bert_config(
         num_labels=3, layer_norm_eps=1e-6, hidden_dropout_prob=0.15, attention_probs_dropout_prob=0.05)).eval()
     ref.save_pretrained(tmp_path)
-    model = load_bert(tmp_path)  # strict: classifier.* is ignored, not "unexpected"
+    model = BERT.from_pretrained(tmp_path)  # strict: classifier.* is ignored, not "unexpected"
     c = model.config
     assert (c.layer_norm_eps, c.hidden_dropout_prob, c.attention_probs_dropout_prob) == (1e-6, 0.15, 0.05)
     assert model.layers[0].ln_1.eps == 1e-6
@@ -246,17 +246,17 @@ def test_bert_encoder_ignores_task_heads(tmp_path):
 
 
 def test_mlm_on_checkpoint_without_head_gets_a_fresh_one(minilm_dir, capsys):
-    model = load_bert_mlm(minilm_dir)
+    model = BertForMaskedLM.from_pretrained(minilm_dir)
     notice = capsys.readouterr().out.strip()
     assert "no masked-LM head" in notice and "\n" not in notice
-    encoder = load_bert(minilm_dir)
+    encoder = BERT.from_pretrained(minilm_dir)
     assert torch.equal(model.bert.layers[0].attn.qkv.weight, encoder.layers[0].attn.qkv.weight)
     assert torch.equal(model.mlm_head.transform.ln.weight, torch.ones(384))  # BERT's init: LayerNorm = identity
 
 
 def test_encoder_from_mlm_checkpoint_notes_fresh_pooler(tmp_path, capsys):
     transformers.BertForMaskedLM(tiny_hf_bert_config()).save_pretrained(tmp_path)
-    load_bert(tmp_path)
+    BERT.from_pretrained(tmp_path)
     assert "no pooler" in capsys.readouterr().out
 
 
@@ -274,7 +274,7 @@ def test_missing_config_json(hf_gpt2, tmp_path):
     hf_gpt2.save_pretrained(tmp_path)
     (tmp_path / "config.json").unlink()
     with pytest.raises(FileNotFoundError) as e:
-        load_gpt2(tmp_path)
+        GPT2.from_pretrained(tmp_path)
     one_line(e, "config.json", str(tmp_path), "Hugging Face format")
 
 
@@ -283,7 +283,7 @@ def test_truncated_safetensors(hf_gpt2, tmp_path):
     path = tmp_path / "model.safetensors"
     path.write_bytes(path.read_bytes()[:-1000])
     with pytest.raises(ValueError) as e:
-        load_gpt2(tmp_path)
+        GPT2.from_pretrained(tmp_path)
     one_line(e, str(path), "truncated", "re-download")
 
 
@@ -294,7 +294,7 @@ def test_corrupted_safetensors_header(hf_gpt2, tmp_path):
     data[8:20] = b"#garbage####"
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError) as e:
-        load_gpt2(tmp_path)
+        GPT2.from_pretrained(tmp_path)
     one_line(e, str(path), "JSON header", "re-download")
 
 
@@ -306,30 +306,30 @@ def test_shape_mismatch_is_one_error_listing_everything(hf_gpt2, tmp_path):
     sd["transformer.h.0.attn.rotary.weight"] = torch.zeros(2)
     save_file(sd, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError) as e:
-        load_gpt2(tmp_path)
+        GPT2.from_pretrained(tmp_path)
     one_line(e, "transformer.wpe.weight (32, 64) in checkpoint vs (64, 64) in model",
              "missing: transformer.h.1.ln_2.bias", "unexpected: transformer.h.0.attn.rotary.weight", "strict=False")
     # strict=False skips missing and unexpected names but never loads a wrong shape
     with pytest.raises(ValueError, match="wrong shape"):
-        load_gpt2(tmp_path, strict=False)
+        GPT2.from_pretrained(tmp_path, strict=False)
     sd["transformer.wpe.weight"] = torch.zeros(64, 64)
     save_file(sd, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    model = load_gpt2(tmp_path, strict=False)
+    model = GPT2.from_pretrained(tmp_path, strict=False)
     assert torch.equal(model.transformer.wpe.weight, torch.zeros(64, 64))
 
 
 def test_wrong_or_unknown_architecture(hf_gpt2, minilm_dir, tmp_path):
     with pytest.raises(ValueError) as e:
-        load_gpt2(minilm_dir)
+        GPT2.from_pretrained(minilm_dir)
     one_line(e, "'bert' checkpoint", "BERT.from_pretrained")
     hf_gpt2.save_pretrained(tmp_path)
     with pytest.raises(ValueError) as e:
-        load_bert(tmp_path)
+        BERT.from_pretrained(tmp_path)
     one_line(e, "'gpt2' checkpoint", "GPT2.from_pretrained")
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps(dict(config, model_type="llama")))
     with pytest.raises(ValueError) as e:
-        load_gpt2(tmp_path)
+        GPT2.from_pretrained(tmp_path)
     one_line(e, "'llama'", "nanoft loads only gpt2 and bert")
 
 
@@ -338,5 +338,5 @@ def test_unsupported_gpt2_variant_is_refused(hf_gpt2, tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps(dict(config, scale_attn_by_inverse_layer_idx=True)))
     with pytest.raises(ValueError) as e:
-        load_gpt2(tmp_path)
+        GPT2.from_pretrained(tmp_path)
     one_line(e, "scale_attn_by_inverse_layer_idx")
