@@ -2,13 +2,15 @@
 
 dataset_path(name) looks, in this order:
   1. data_dir (a chapter's --data-dir) or $NANOFT_DATA: a folder laid out like the names in MANIFEST
-     (sst2/train.tsv, squad_v1.1/dev-v1.1.json, ...), e.g. ../shared/data; its files are used as they are;
+     (sst2/train.tsv, squad_v1.1/dev-v1.1.json, ...), e.g. ../shared/data; its files are used as they are.
+     A folder the user named must hold the file (or the file it is cut from): a missing one is an error, not a
+     quiet fall back to the samples, so a mistyped folder never trains on samples;
   2. the download cache, $NANOFT_CACHE/data (default ~/.cache/nanoft/data), checked against MANIFEST's sha256;
   3. the official source, downloaded into the cache (not when offline: HF_HUB_OFFLINE=1 or NANOFT_OFFLINE=1);
+     a source that failed once is not asked again in the same process;
   4. a small sample written for nanoft in data/sample/, with a printed notice, so that every chapter still runs.
 It returns DataFile(path, is_sample): results computed on a sample must say so.
 """
-import hashlib
 import json
 import os
 import shutil
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from nanoft import hub
+from nanoft.files import atomic_write, sha256_file
 
 GLUE_SST2 = "https://dl.fbaipublicfiles.com/glue/data/SST-2.zip"
 SQUAD = "https://rajpurkar.github.io/SQuAD-explorer/dataset"
@@ -66,10 +69,6 @@ def data_cache() -> Path:
     return hub.cache_root() / "data"
 
 
-def is_offline() -> bool:
-    return hub.is_offline() or os.environ.get("NANOFT_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def dataset_path(name: str, data_dir=None, download: bool = True) -> DataFile:
     """Local path of dataset file `name` (a key of MANIFEST), found as described at the top of this file."""
     if name not in MANIFEST:
@@ -89,18 +88,21 @@ def dataset_path(name: str, data_dir=None, download: bool = True) -> DataFile:
 
 
 _announced = set()
+_failed_urls = set()  # sources that failed in this process: a second file from the same source does not retry
 
 
 def _find(name, data_dir, download):
     entry = MANIFEST[name]
-    local = data_dir or os.environ.get("NANOFT_DATA")
-    if local:
-        folder = Path(local).expanduser()
-        if not folder.is_dir():
-            raise FileNotFoundError(f"data folder {local} does not exist: pass a folder laid out like ../shared/data "
-                                    "(sst2/train.tsv, squad_v1.1/dev-v1.1.json, ...) as --data-dir or NANOFT_DATA")
+    folder, named_by = _named_folder(data_dir)
+    if folder is not None:
         if (folder / name).is_file():
             return folder / name
+        source = entry["derive"][0] if "derive" in entry else None
+        if source is None or not (folder / source).is_file():  # with its source there, it is cut into the cache
+            wanted = name if source is None else f"{name} (or {source}, which it is cut from)"
+            raise FileNotFoundError(f"data folder {folder} (from {named_by}) has no {wanted}: put the file there, "
+                                    f"point {named_by} at a folder laid out like ../shared/data, or leave "
+                                    f"{named_by} unset to use the download cache, a download or the bundled sample")
     cached = data_cache() / name
     if cached.is_file() and entry["sha256"] and sha256_file(cached) != entry["sha256"]:
         print(f"nanoft: {cached} does not match its sha256; fetching it again")
@@ -110,7 +112,7 @@ def _find(name, data_dir, download):
     if "derive" in entry:  # built on this machine from its source, which may itself come from data_dir or a download
         source = _find(entry["derive"][0], data_dir, download)
         return None if source is None else _derive_squad_split(source, cached, *entry["derive"][1:], entry["sha256"])
-    if not download or is_offline():
+    if not download or hub.is_offline() or entry["url"] in _failed_urls:
         return None
     try:
         if "member" not in entry:
@@ -118,39 +120,40 @@ def _find(name, data_dir, download):
         archive = hub.download_file(entry["url"], data_cache() / "downloads" / entry["url"].rsplit("/", 1)[1])
         return _extract(archive, entry["member"], cached, entry["sha256"])
     except (ConnectionError, FileNotFoundError, PermissionError) as e:  # no network or no file: try the sample
+        _failed_urls.add(entry["url"])
         print(f"nanoft: could not download {name}: {e}")
         return None
 
 
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+def _named_folder(data_dir):
+    """(the data folder the user named, and how they named it), or (None, None) when they named none."""
+    if data_dir:
+        local, named_by = data_dir, "--data-dir"
+    elif os.environ.get("NANOFT_DATA"):
+        local, named_by = os.environ["NANOFT_DATA"], "NANOFT_DATA"
+    else:
+        return None, None
+    folder = Path(local).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"data folder {local} does not exist: pass a folder laid out like ../shared/data "
+                                "(sst2/train.tsv, squad_v1.1/dev-v1.1.json, ...) as --data-dir or NANOFT_DATA")
+    return folder, named_by
 
 
-def check_sha256(path, expected: str, what=None):
+def check_sha256(path, expected: str, what=None, source=None):
+    """Raise when `path` does not hash to `expected`; `source` is the file to delete to fix it (default: path)."""
     got = sha256_file(path)
     if got != expected:
         raise ValueError(f"sha256 mismatch for {what or path}: expected {expected}, got {got}: the file is corrupt "
-                         f"or changed upstream; delete {path} and run again, or pass --data-dir with a verified copy")
+                         f"or changed upstream; delete {source or path} and run again, or pass --data-dir with a "
+                         "verified copy")
 
 
-def _write_verified(dest: Path, write, sha256, what):
-    """write(file) into dest + '.incomplete', check its sha256, then rename into place: no half or wrong files."""
+def _write_verified(dest: Path, write, sha256, what, source):
+    """write(file) into dest atomically, refusing it unless it matches sha256: no half or wrong files."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(dest.name + ".incomplete")
-    with open(partial, "wb") as f:
-        write(f)
-    try:
-        if sha256:
-            check_sha256(partial, sha256, what)
-    except ValueError:
-        partial.unlink()
-        raise
-    os.replace(partial, dest)
-    return dest
+    check = (lambda tmp: check_sha256(tmp, sha256, what, source)) if sha256 else None
+    return atomic_write(dest, write, check)
 
 
 def _extract(archive: Path, member: str, dest: Path, sha256):
@@ -160,7 +163,8 @@ def _extract(archive: Path, member: str, dest: Path, sha256):
                 raise ValueError(f"{archive} has no {member}: the archive changed upstream; delete it and run again, "
                                  "or pass --data-dir with the file")
             with z.open(member) as src:
-                return _write_verified(dest, lambda f: shutil.copyfileobj(src, f), sha256, f"{archive}:{member}")
+                return _write_verified(dest, lambda f: shutil.copyfileobj(src, f), sha256, f"{archive}:{member}",
+                                       archive)
     except zipfile.BadZipFile as e:
         raise ValueError(f"{archive} is not a valid zip file ({e}): delete it and run again") from None
 
@@ -173,7 +177,8 @@ def _derive_squad_split(source: Path, dest: Path, first: int, last: int, sha256)
                          "official dev-v1.1.json")
     # json.dumps' defaults (ASCII escapes, ", " and ": ") give the published files byte for byte
     text = json.dumps({"version": data["version"], "data": data["data"][first:last]})
-    return _write_verified(dest, lambda f: f.write(text.encode("utf-8")), sha256, f"{dest} (cut from {source})")
+    return _write_verified(dest, lambda f: f.write(text.encode("utf-8")), sha256, f"{dest} (cut from {source})",
+                           source)
 
 
 def read_sst2(path) -> list:

@@ -15,15 +15,12 @@ from typing import Optional
 import numpy as np
 import torch
 
+from nanoft.files import atomic_write
+
 
 def save_checkpoint(path: str, state: dict) -> None:
     """Write to a temp file, then rename over `path`: a kill mid-write leaves the previous checkpoint whole."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the checkpoint
-    os.replace(tmp, path)  # atomic on POSIX and Windows
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str, model=None, optimizer=None, scheduler=None, scaler=None) -> dict:

@@ -124,7 +124,6 @@ def test_resolution_order(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("NANOFT_DATA", str(env))
     assert dataset_path(name, explicit) == (explicit / name, False)      # 1. the argument
     assert dataset_path(name) == (env / name, False)                     # 1. NANOFT_DATA
-    assert dataset_path("sst2/train.tsv", explicit).is_sample            # a folder without the file: keep looking
     monkeypatch.delenv("NANOFT_DATA")
     assert dataset_path(name) == (cached, False)                         # 2. the cache
     cached.write_text("sentence\tlabel\ncorrupted .\t0\n")
@@ -136,6 +135,32 @@ def test_resolution_order(tmp_path, monkeypatch, capsys):
 @pytest.fixture(autouse=True)
 def _fresh_sample_notices(monkeypatch):
     monkeypatch.setattr(data, "_announced", set())  # each test sees the notice as a fresh process would
+    monkeypatch.setattr(data, "_failed_urls", set())  # and tries each download again, as a fresh process would
+
+
+def test_a_named_folder_without_the_file_is_an_error(tmp_path, monkeypatch, capsys):
+    """A mistyped or incomplete --data-dir must not quietly train on the samples: the error names folder and file."""
+    folder = tmp_path / "mydata"
+    (folder / "sst2").mkdir(parents=True)
+    (folder / "sst2/dev.tsv").write_text("sentence\tlabel\nok .\t1\n")
+    cached = data.data_cache() / "sst2/train.tsv"  # even a good cached copy is not used in its place
+    cached.parent.mkdir(parents=True)
+    shutil.copy(SAMPLE_DIR / "sst2_sample/train.tsv", cached)
+    monkeypatch.setitem(MANIFEST["sst2/train.tsv"], "sha256", sha256_file(cached))
+    assert dataset_path("sst2/dev.tsv", folder) == (folder / "sst2/dev.tsv", False)
+    with pytest.raises(FileNotFoundError) as e:
+        dataset_path("sst2/train.tsv", folder)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"data folder {folder} (from --data-dir) has no sst2/train.tsv: "), msg
+    assert "leave --data-dir unset" in msg
+    monkeypatch.setenv("NANOFT_DATA", str(folder))  # a folder named by the environment is named too
+    with pytest.raises(FileNotFoundError, match=r"\(from NANOFT_DATA\) has no sst2/train.tsv: .*leave NANOFT_DATA "):
+        dataset_path("sst2/train.tsv")
+    # a file cut from another names both
+    with pytest.raises(FileNotFoundError, match=r"has no squad_v1.1_devsplit/eval.json \(or squad_v1.1/dev-v1.1.json, "
+                                                r"which it is cut from\)"):
+        dataset_path("squad_v1.1_devsplit/eval.json", folder)
+    assert "sample" not in capsys.readouterr().out
 
 
 def test_offline_falls_back_to_the_sample_with_a_notice(monkeypatch, capsys):
@@ -268,8 +293,28 @@ def test_unreachable_source_falls_back_to_the_sample(server, monkeypatch, capsys
     assert f == (SAMPLE_DIR / "squad_sample/eval.json", True)
     out = capsys.readouterr().out
     assert "could not download squad_v1.1/dev-v1.1.json" in out and "using the small sample" in out
+    assert "pass --data-dir or set NANOFT_DATA" in out  # true advice here: no folder was named
     # the devsplit is derived from dev-v1.1.json: without it, the devsplit's own sample
     assert dataset_path("squad_v1.1_devsplit/eval.json") == (SAMPLE_DIR / "squad_sample/eval.json", True)
+    assert dataset_path("squad_v1.1_devsplit/train.json") == (SAMPLE_DIR / "squad_sample/train.json", True)
+    assert server.paths == ["/missing.json"]  # a source that failed is not asked again in the same run
+    assert "could not download" not in capsys.readouterr().out
+
+
+def test_unreachable_archive_is_tried_once_and_promises_no_resume(monkeypatch, capsys):
+    monkeypatch.delenv("NANOFT_OFFLINE")
+    tries = []
+
+    def refused(url, partial, desc, token):  # the network is down: no byte arrives, so no partial file exists
+        tries.append(url)
+        raise ConnectionRefusedError("Connection refused")
+    monkeypatch.setattr(data.hub, "_fetch", refused)
+    assert dataset_path("sst2/train.tsv").is_sample and dataset_path("sst2/dev.tsv").is_sample
+    # train.tsv and dev.tsv share SST-2.zip: one download (with its retries), not one per file
+    assert set(tries) == {MANIFEST["sst2/train.tsv"]["url"]} and len(tries) == data.hub.RETRIES
+    out = capsys.readouterr().out
+    assert out.count("nanoft: could not download") == 1, out
+    assert "resumes" not in out and ".incomplete" not in out, out
 
 
 # ----------------------------------------------------------------------------- readers: malformed input

@@ -151,6 +151,10 @@ def test_offline_uses_cache_and_errors_clearly(server, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     with pytest.raises(FileNotFoundError, match="offline"):
         resolve("someone/tiny", "model.safetensors", offline=True)
+    monkeypatch.setenv("NANOFT_OFFLINE", "1")  # nanoft's own switch counts for the hub too: one is_offline
+    assert hub.is_offline() and not hub.is_offline(False)
+    with pytest.raises(FileNotFoundError, match="NANOFT_OFFLINE"):
+        resolve("someone/tiny", "model.safetensors")
     assert len(server.log) == 1  # only the first, online, download reached the server
 
 
@@ -200,6 +204,23 @@ def test_unreachable_endpoint_is_a_clear_error(server, monkeypatch):
     with pytest.raises(ConnectionError) as e:
         resolve("someone/tiny", "config.json")
     assert "\n" not in str(e.value) and "HF_HUB_OFFLINE" in str(e.value)
+    assert "resumes" not in str(e.value)  # nothing arrived, so there is no partial file to resume from
+
+
+def test_failed_download_names_its_partial_file_only_when_there_is_one(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("NANOFT_OFFLINE", raising=False)
+
+    def refused(url, partial, desc, token):
+        partial.write_bytes(b"x" * bytes_before_failing)
+        raise ConnectionRefusedError("refused")
+    monkeypatch.setattr(hub, "_fetch", refused)
+    for bytes_before_failing, says_resume in [(0, False), (1234, True)]:
+        with pytest.raises(ConnectionError) as e:
+            download_file("http://127.0.0.1:9/f.bin", tmp_path / "f.bin")
+        msg = str(e.value)
+        assert "\n" not in msg and "could not download http://127.0.0.1:9/f.bin" in msg
+        assert ("resumes from the 1,234 bytes in" in msg and "f.bin.incomplete" in msg) == says_resume, msg
 
 
 def test_gpt2_from_pretrained_through_the_hub(server, tmp_path):
