@@ -136,7 +136,9 @@ def download_file(url: str, dest, desc: Optional[str] = None, sha256: Optional[s
             partial.unlink()  # a wrong file must not be resumed from next time
             raise ValueError(f"sha256 mismatch for {url}: expected {sha256.lower()}, got {got}: the file changed "
                              "upstream or was corrupted in transit; run again, or update the expected hash")
-    os.replace(partial, dest)  # atomic on one filesystem: readers see no file or the whole file
+    # atomic on one filesystem: readers see no file or the whole file. Not files.atomic_write, whose temp file has a
+    # random name: a download must resume, so its partial file needs a name the next run can find
+    os.replace(partial, dest)
     return dest
 
 
