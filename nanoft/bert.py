@@ -326,11 +326,10 @@ BERT_IGNORED = re.compile(r"(cls|classifier|qa_outputs)\..*|embeddings\.position
 
 def read_bert(name_or_path, **hub_kwargs):
     """(BertConfig, encoder tensors with nanoft names, the other tensors with HF names) of a BERT checkpoint."""
-    config = hf_files.read_config(name_or_path, "bert", **hub_kwargs)
-    hf_files.check_unsupported(config, position_embedding_type="absolute", is_decoder=False,
-                               add_cross_attention=False)
+    supported = dict(position_embedding_type="absolute", is_decoder=False, add_cross_attention=False)
+    config, tensors = hf_files.read_folder(name_or_path, "bert", supported, **hub_kwargs)
     config = hf_files.config_from_dict(BertConfig, config)
-    enc, rest = bert_from_hf(hf_files.read_tensors(name_or_path, **hub_kwargs), config.num_hidden_layers)
+    enc, rest = bert_from_hf(tensors, config.num_hidden_layers)
     return config, enc, rest
 
 

@@ -264,12 +264,10 @@ class GPT2(nn.Module):
     def from_pretrained(cls, name_or_path, *, strict=True, **hub_kwargs):
         """A GPT2 from a Hugging Face GPT-2 checkpoint: a local folder or a hub id such as "gpt2".
         hub_kwargs (revision, cache_dir, offline) go to nanoft.hub.resolve."""
-        config = hf_files.read_config(name_or_path, "gpt2", **hub_kwargs)
-        hf_files.check_unsupported(config, scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False,
-                                   add_cross_attention=False)
+        supported = dict(scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False, add_cross_attention=False)
+        config, tensors = hf_files.read_folder(name_or_path, "gpt2", supported, **hub_kwargs)
         model = cls(hf_files.config_from_dict(GPT2Config, config))
-        tensors = gpt2_from_hf(hf_files.read_tensors(name_or_path, **hub_kwargs))
-        return hf_files.load_into(model, tensors, name_or_path, strict)
+        return hf_files.load_into(model, gpt2_from_hf(tensors), name_or_path, strict)
 
     def save_pretrained(self, folder):
         """Write config.json + model.safetensors in Hugging Face's format (loadable by transformers too)."""

@@ -4,8 +4,8 @@ A Hugging Face model folder (local, or a repo on the hub) holds:
     config.json          the hyper-parameters; "model_type" says which architecture ("gpt2", "bert", ...)
     model.safetensors    name -> tensor, with Hugging Face's module names (or, in older repos, pytorch_model.bin;
                          big models split either one into shards listed by an *.index.json)
-A model's from_pretrained (in gpt2.py, bert.py) reads the config with read_config and the tensors with read_tensors,
-renames them to its own names, and copies them in with load_into, which checks that every name and shape fits.
+A model's from_pretrained (in gpt2.py, bert.py) reads (config dict, tensors) with read_folder, renames the tensors to
+its own names, and copies them in with load_into, which checks that every name and shape fits.
 save_pretrained renames them back and calls write_folder, so transformers loads what nanoft saves.
 This file sits below the models: it imports hub.py and weights.py, and never a model.
 """
@@ -20,6 +20,15 @@ from nanoft.weights import load_state_dict_from_folder, save_safetensors
 # which nanoft class loads each model_type: only to name the fix when a folder holds another architecture
 LOADED_BY = {"gpt2": "nanoft.GPT2.from_pretrained",
              "bert": "nanoft.BERT.from_pretrained or BertForMaskedLM.from_pretrained"}
+
+
+def read_folder(name_or_path, model_type: str, supported=None, **hub_kwargs):
+    """(config dict, tensors by HF name) of a `model_type` checkpoint: a local folder or a hub id.
+    supported: {config key: the only value the model implements}; any other value is refused before the weights
+    are fetched (a hub download can be gigabytes). hub_kwargs (revision, cache_dir, offline) go to hub.resolve."""
+    config = read_config(name_or_path, model_type, **hub_kwargs)
+    check_unsupported(config, **(supported or {}))
+    return config, read_tensors(name_or_path, **hub_kwargs)
 
 
 def read_config(name_or_path, model_type: str, **hub_kwargs) -> dict:
