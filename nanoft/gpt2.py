@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from nanoft import hf_files
-from nanoft.sampling import check_generate_args, sample_next_token
+from nanoft import sampling
+from nanoft.sampling import check_generate_args
 
 
 @dataclass
@@ -205,7 +206,7 @@ class GPT2(nn.Module):
         eos_token_id (off when None): a sequence that emits it is padded with it until every one has, then we stop.
         use_cache=False re-runs the prefix (cropped to n_positions) each step; the tokens are the same either way."""
         check_generate_args(input_ids, max_new_tokens, temperature, top_k, top_p)
-        B, T = input_ids.shape
+        T = input_ids.size(1)
         # the cache holds every position the model reads: the prompt and all new tokens but the last, which is
         # sampled and returned but never fed back
         if use_cache and T + max_new_tokens - 1 > self.config.n_positions:
@@ -213,27 +214,16 @@ class GPT2(nn.Module):
                              f"{self.config.n_positions}: lower max_new_tokens to "
                              f"{max(self.config.n_positions - T + 1, 0)} or pass use_cache=False (which crops the "
                              "context to the last n_positions tokens once it is longer)")
-        was_training = self.training
-        self.eval()  # dropout while generating only adds noise (and would make cached and uncached runs differ)
-        try:
-            ids, past = input_ids, None
-            finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-            for _ in range(max_new_tokens):
-                if use_cache:  # feed only what the cache has not seen: the prompt first, then one token a step
-                    logits, past = self(ids if past is None else ids[:, -1:], past_key_values=past, use_cache=True,
-                                        last_only=True)
-                else:
-                    logits = self(ids[:, -self.config.n_positions:], last_only=True)
-                next_id = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, do_sample, generator)  # (B,)
-                if eos_token_id is not None:
-                    next_id = next_id.masked_fill(finished, eos_token_id)
-                    finished |= next_id == eos_token_id
-                ids = torch.cat([ids, next_id[:, None]], dim=1)
-                if eos_token_id is not None and bool(finished.all()):
-                    break
-        finally:
-            self.train(was_training)
-        return ids
+
+        def next_logits(ids, past):
+            if use_cache:  # feed only what the cache has not seen: the prompt first, then one token a step
+                logits, past = self(ids if past is None else ids[:, -1:], past_key_values=past, use_cache=True,
+                                    last_only=True)
+            else:
+                logits = self(ids[:, -self.config.n_positions:], last_only=True)
+            return logits[:, -1, :], past  # (B, V)
+        return sampling.generate(self, next_logits, input_ids, max_new_tokens, temperature, top_k, top_p, do_sample,
+                                 eos_token_id, generator)
 
     def resize_token_embeddings(self, new_vocab_size, init="mean"):
         """Grow (or shrink) the vocabulary, e.g. after adding special tokens; lm_head stays tied.

@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanoft.sampling import check_generate_args, sample_next_token
+from nanoft import sampling
+from nanoft.sampling import check_generate_args
 
 
 @dataclass
@@ -71,23 +72,12 @@ class LSTMLM(nn.Module):
         """Same arguments and output as GPT2.generate. The LSTM state is the cache: with use_cache it is carried
         from step to step; use_cache=False re-reads the whole prefix each step (slower, same tokens)."""
         check_generate_args(input_ids, max_new_tokens, temperature, top_k, top_p)
-        was_training = self.training
-        self.eval()  # no dropout while generating
-        try:
-            ids, hidden = input_ids, None
-            finished = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)
-            for _ in range(max_new_tokens):
-                if use_cache:
-                    logits, hidden = self(ids if hidden is None else ids[:, -1:], hidden=hidden, use_cache=True)
-                else:
-                    logits = self(ids)
-                next_id = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, do_sample, generator)  # (B,)
-                if eos_token_id is not None:
-                    next_id = next_id.masked_fill(finished, eos_token_id)
-                    finished |= next_id == eos_token_id
-                ids = torch.cat([ids, next_id[:, None]], dim=1)
-                if eos_token_id is not None and bool(finished.all()):
-                    break
-        finally:
-            self.train(was_training)
-        return ids
+
+        def next_logits(ids, hidden):
+            if use_cache:  # the prompt first, then one token a step, continuing from the carried state
+                logits, hidden = self(ids if hidden is None else ids[:, -1:], hidden=hidden, use_cache=True)
+            else:
+                logits = self(ids)
+            return logits[:, -1, :], hidden  # (B, V)
+        return sampling.generate(self, next_logits, input_ids, max_new_tokens, temperature, top_k, top_p, do_sample,
+                                 eos_token_id, generator)

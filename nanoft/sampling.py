@@ -1,7 +1,8 @@
-"""Choosing the next token from a model's logits: greedy, or sampling with temperature, top-k and top-p.
+"""Choosing the next token from a model's logits (greedy, or sampling with temperature, top-k and top-p), and the
+decoding loop around it.
 
 Shared by every model that generates (GPT2.generate, LSTMLM.generate): they differ in how they compute the
-logits of the next position, not in how they pick a token from them.
+logits of the next position and what they cache, not in how they pick a token or when they stop.
 """
 import torch
 
@@ -20,6 +21,32 @@ def check_generate_args(input_ids, max_new_tokens, temperature, top_k, top_p):
         raise ValueError(f"top_k={top_k} keeps no token: pass top_k >= 1 or None")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p={top_p} is outside (0, 1]: pass a probability mass such as 0.9, or None")
+
+
+@torch.no_grad()
+def generate(model, next_logits, input_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, do_sample=None,
+             eos_token_id=None, generator=None):
+    """Continue input_ids (B, T) by up to max_new_tokens tokens -> (B, T + n_new). next_logits(ids, cache) returns
+    the logits (B, V) of the position after ids and the model's new cache (None on the first call): GPT-2's keys and
+    values, the LSTM's (h, c). eos_token_id (off when None): a sequence that emits it is padded with it until every
+    one has, then the loop stops."""
+    was_training = model.training
+    model.eval()  # dropout while generating only adds noise (and would make cached and uncached runs differ)
+    try:
+        ids, cache = input_ids, None
+        finished = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)
+        for _ in range(max_new_tokens):
+            logits, cache = next_logits(ids, cache)
+            next_id = sample_next_token(logits, temperature, top_k, top_p, do_sample, generator)  # (B,)
+            if eos_token_id is not None:
+                next_id = next_id.masked_fill(finished, eos_token_id)
+                finished |= next_id == eos_token_id
+            ids = torch.cat([ids, next_id[:, None]], dim=1)
+            if eos_token_id is not None and bool(finished.all()):
+                break
+    finally:
+        model.train(was_training)
+    return ids
 
 
 def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, do_sample=None, generator=None):
