@@ -21,6 +21,7 @@ import math
 import os
 import random
 import time
+import zlib
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Optional
@@ -53,6 +54,9 @@ class TrainConfig:
     grad_accum_steps: int = 1
     grad_clip: Optional[float] = 1.0  # max global gradient norm; None or 0: no clipping
     shuffle: bool = True
+    # batches of similar lengths, so less of each is padding: sort by length inside random pools of up to
+    # 50 batches, then shuffle the batches (transformers' group_by_length). Lengths: train(length_fn=...)
+    group_by_length: bool = False
     num_workers: int = 0
     # hardware
     device: str = "auto"  # "auto": cuda if available, else cpu
@@ -88,14 +92,18 @@ class TrainResult:
 
 
 def train(model: torch.nn.Module, train_data, loss_fn: Callable, cfg: TrainConfig,
-          eval_fn: Optional[Callable] = None, collate_fn: Optional[Callable] = None) -> TrainResult:
+          eval_fn: Optional[Callable] = None, collate_fn: Optional[Callable] = None,
+          length_fn: Optional[Callable] = None) -> TrainResult:
     """Train `model` on a map-style dataset. loss_fn(model, batch) -> scalar loss; it must call model(...)
-    (under DDP that call is what synchronises gradients). eval_fn(model) -> {metric name: value}."""
+    (under DDP that call is what synchronises gradients). eval_fn(model) -> {metric name: value}.
+    length_fn(example) -> its length in tokens, for cfg.group_by_length (default: example_length)."""
     _check_config(cfg, eval_fn)
     rank, world, created_group = setup_distributed(cfg.device)
     device = pick_device(cfg.device)
     autocast, use_scaler = autocast_for(cfg.precision, device)
     micro_per_epoch = _check_data(train_data, cfg.batch_size, world)
+    lengths = [int((length_fn or example_length)(train_data[i])) for i in range(len(train_data))] \
+        if cfg.group_by_length else None
     from_epochs = max(1, cfg.epochs * micro_per_epoch // cfg.grad_accum_steps) if cfg.epochs else None
     cfg = replace(cfg, max_steps=min(s for s in (cfg.max_steps, from_epochs) if s is not None))
     is_main = rank == 0
@@ -130,7 +138,7 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, cfg: TrainConfi
                              f"{data['world_size']} process(es): resume with the same, or set resume=False")
         # the checkpoint knows its place in the data as (epoch, batch) of an order these decide: another order
         # would skip the wrong batches, silently
-        now = _data_plan(cfg, train_data)
+        now = _data_plan(cfg, train_data, lengths)
         changed = {k: (data[k], now[k]) for k in now if data.get(k, now[k]) != now[k]}
         if changed:
             raise ValueError(f"checkpoint in {out} was written with other data settings ("
@@ -145,7 +153,7 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, cfg: TrainConfi
         # a wrapper around the same parameters, used for the training steps only: eval_fn and the saved
         # state_dict see the plain model (no "_orig_mod." in the names, no recompiling for eval shapes)
         ddp_model = torch.compile(ddp_model)
-    batches = _micro_batches(train_data, cfg, rank, world, collate_fn, epoch, batch_in_epoch, device)
+    batches = _micro_batches(train_data, cfg, rank, world, collate_fn, epoch, batch_in_epoch, device, lengths)
     log_file, history = open_log(out, step) if out and is_main else (None, [])
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not (is_main and cfg.progress), desc="train")
     if rng is not None:
@@ -236,7 +244,7 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, cfg: TrainConfi
                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
                         "data": {"epoch": epoch, "batch": batch_in_epoch, "batch_size": cfg.batch_size,
-                                 "world_size": world, **_data_plan(cfg, train_data)},
+                                 "world_size": world, **_data_plan(cfg, train_data, lengths)},
                         "rng": rng_states, "early_stopping": early, "config": plain(asdict(cfg))})
                 last_saved = step
         if world > 1:
@@ -278,25 +286,74 @@ def _check_data(dataset, batch_size: int, world: int) -> int:
     return per_process // batch_size
 
 
-def _data_plan(cfg, dataset) -> dict:
+def _data_plan(cfg, dataset, lengths=None) -> dict:
     """What decides which examples make micro-batch (epoch, i), besides batch_size and the number of processes."""
-    return {"examples": len(dataset), "seed": cfg.seed, "shuffle": cfg.shuffle,
-            "grad_accum_steps": cfg.grad_accum_steps}
+    plan = {"examples": len(dataset), "seed": cfg.seed, "shuffle": cfg.shuffle,
+            "grad_accum_steps": cfg.grad_accum_steps, "group_by_length": lengths is not None}
+    if lengths is not None:  # grouped batches depend on the lengths too: a checksum of them catches another length_fn
+        plan["lengths_crc"] = zlib.crc32(np.asarray(lengths, dtype=np.int64).tobytes())
+    return plan
 
 
-def _micro_batches(dataset, cfg, rank, world, collate_fn, epoch, start, device):
+def example_length(example) -> int:
+    """The default length for group_by_length: len(example["input_ids"]) for a dict, else len(example)."""
+    if isinstance(example, dict):
+        if "input_ids" not in example:
+            raise KeyError(f"group_by_length: the examples are dicts without 'input_ids' (keys {sorted(example)}): "
+                           "pass train(..., length_fn=lambda ex: <its length>)")
+        example = example["input_ids"]
+    return len(example)
+
+
+def grouped_batches(lengths, batch_size: int, epoch: int, seed: int, shuffle: bool = True,
+                    pool_batches: int = 50) -> list:
+    """One epoch of length-grouped batches: a list of batches, each a list of `batch_size` example indices.
+
+    As transformers' group_by_length: shuffle the indices, cut them into pools of `pool_batches` batches, sort
+    each pool by length (longest first) and cut it into batches, so a batch holds neighbours in length and has
+    little padding; then shuffle the batches, so that the lengths seen step after step are not a sawtooth.
+    The pool keeps the order random: sorting the whole data set would make the same batches every epoch.
+    Small data sets get pools of a quarter of their batches (transformers' rule), so there are several pools.
+    The order depends only on (seed, epoch): resume rebuilds it. What does not fill a whole batch is left out
+    (random examples, different ones each epoch), as the plain order drops its ragged tail."""
+    n = len(lengths)
+    n_batches = n // batch_size
+    g = torch.Generator().manual_seed(seed + epoch)  # seed + epoch, as DistributedSampler seeds its shuffle
+    order = torch.randperm(n, generator=g).tolist() if shuffle else list(range(n))
+    order = order[:n_batches * batch_size]  # drop the leftover before sorting, so it is not always the shortest
+    pool = min(pool_batches, max(1, n_batches // 4)) * batch_size
+    batches = []
+    for start in range(0, len(order), pool):
+        group = sorted(order[start:start + pool], key=lambda i: -lengths[i])  # stable: ties keep the random order
+        batches += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
+    if shuffle:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+    return batches
+
+
+def _micro_batches(dataset, cfg, rank, world, collate_fn, epoch, start, device, lengths=None):
     """Yields (epoch, batches done in that epoch, batch on device, token count), forever, from position (epoch, start).
 
     The order of epoch e depends only on (seed, e), so resume can rebuild it and skip `start` batches
     without loading them. DistributedSampler gives each process its own share; with one process it is a
-    plain seeded shuffle, so a 1-process run sees the same examples per step as an N-process run."""
+    plain seeded shuffle, so a 1-process run sees the same examples per step as an N-process run.
+    With `lengths` (group_by_length) the batches come from grouped_batches, cut at the size of the global batch
+    (batch_size * processes); process r takes every world-th example of each, so the processes of one step get
+    sentences of about the same length and none waits long for the others."""
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=cfg.shuffle, seed=cfg.seed)
     bs = cfg.batch_size
     while True:
-        sampler.set_epoch(epoch)
-        order = list(sampler)
-        # drop the ragged tail: equal micro-batches keep "k micro-batches == one k-times-larger batch" exact
-        plan = [order[i:i + bs] for i in range(0, len(order) - bs + 1, bs)]
+        if lengths is not None:
+            # padded like DistributedSampler's share (its first examples again), so both give the same count of
+            # batches per epoch: ceil(n / world) // batch_size per process
+            padded = list(lengths) + list(lengths[:math.ceil(len(lengths) / world) * world - len(lengths)])
+            glob = grouped_batches(padded, bs * world, epoch, cfg.seed, cfg.shuffle)
+            plan = [[i % len(lengths) for i in b[rank::world]] for b in glob]
+        else:
+            sampler.set_epoch(epoch)
+            order = list(sampler)
+            # drop the ragged tail: equal micro-batches keep "k micro-batches == one k-times-larger batch" exact
+            plan = [order[i:i + bs] for i in range(0, len(order) - bs + 1, bs)]
         # a DataLoader draws its workers' base seed from `generator`, or else from the global RNG, which
         # would shift the dropout masks of a resumed run: give it its own, and each process another one.
         # With num_workers > 0 a random collate_fn (MLM masking) draws in the workers, whose streams restart

@@ -51,6 +51,7 @@ def main(argv=None):
     ap.add_argument("--checkpoint-every", type=int, default=3)
     ap.add_argument("--kill-at-call", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--group-by-length", action="store_true")
     args = ap.parse_args(argv)
 
     seed_everything(0)
@@ -67,8 +68,9 @@ def main(argv=None):
     cfg = TrainConfig(lr=3e-2, weight_decay=0.1, warmup_steps=2, max_steps=args.max_steps, decay="cosine",
                       min_lr_ratio=0.1, batch_size=args.batch_size, grad_accum_steps=args.accum, grad_clip=0.5,
                       device="cpu", precision="fp32", out_dir=args.out_dir, checkpoint_every=args.checkpoint_every,
-                      resume=args.resume, log_every=1, progress=False, seed=7)
-    train(model, tiny_dataset(), loss_fn, cfg)
+                      resume=args.resume, log_every=1, progress=False, seed=7, group_by_length=args.group_by_length)
+    # the examples all have 6 ids; a made-up "length" (their sum, 0..90) gives the grouping something to sort
+    train(model, tiny_dataset(), loss_fn, cfg, length_fn=lambda ex: int(ex["input_ids"].sum()))
 
 
 if __name__ == "__main__":

@@ -110,18 +110,20 @@ def test_same_seed_same_run_other_seed_other_run():
 # ----------------------------------------------------------------------------- resume after SIGKILL
 
 
-def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
+@pytest.mark.parametrize("grouping", [[], ["--group-by-length"]], ids=["plain", "group_by_length"])
+def test_sigkill_then_resume_is_bitwise_identical(tmp_path, grouping):
     full, killed = tmp_path / "full", tmp_path / "killed"
     # accum 2, checkpoint every 3 steps: call 15 is the first micro-batch of step 8; the newest checkpoint is
     # step 6, so the resumed run must redo step 7 with the same batches and the same dropout masks
-    runs = start_worker(full), start_worker(killed, "--kill-at-call", 15)  # side by side: it saves time
+    runs = start_worker(full, *grouping), start_worker(killed, "--kill-at-call", 15, *grouping)  # side by side
     finish(runs[0])
     finish(runs[1], expect_rc=-9)  # died of SIGKILL
     mid = torch.load(killed / "checkpoint.pt", weights_only=True)
     assert mid["step"] == 6 and mid["data"]["epoch"] == 1  # killed part-way, in the second epoch
+    assert mid["data"].get("group_by_length", False) == bool(grouping)
     assert [rec["step"] for rec in read_log(killed / "log.jsonl")] == list(range(1, 8))
 
-    finish(start_worker(killed, "--resume"))
+    finish(start_worker(killed, "--resume", *grouping))
     a = torch.load(full / "checkpoint.pt", weights_only=True)
     b = torch.load(killed / "checkpoint.pt", weights_only=True)
     assert a["step"] == 12
@@ -148,26 +150,28 @@ def crash_at(call):
     return fn
 
 
-@pytest.mark.parametrize("every,crash_call,max_steps", [
-    (2, 4, 6),  # dies in step 4, resumes from step 2, mid-epoch
-    (5, 12, 14),  # resumes from step 10 = the end of epoch 0 (10 batches of 4), at (epoch 0, batch 10)
+@pytest.mark.parametrize("every,crash_call,max_steps,grouped", [
+    (2, 4, 6, False),  # dies in step 4, resumes from step 2, mid-epoch
+    (5, 12, 14, False),  # resumes from step 10 = the end of epoch 0 (10 batches of 4), at (epoch 0, batch 10)
+    (5, 14, 16, True),  # the same with length-grouped batches, into epoch 1
 ])
 def test_resume_in_process_and_without_rng_restore_it_would_differ(tmp_path, monkeypatch, every, crash_call,
-                                                                    max_steps):
+                                                                    max_steps, grouped):
     # guards the test above: with dropout, a resume that skipped the RNG restore would end elsewhere
     T = sys.modules["nanoft.train"]  # the module; `nanoft.train` the attribute is the train() function
     torch.manual_seed(0)
     base = TinyNet(dropout=0.3)
-    cfg = cfg_for(max_steps=max_steps, checkpoint_every=every)
+    cfg = cfg_for(max_steps=max_steps, checkpoint_every=every, group_by_length=grouped)
     a = copy.deepcopy(base)
-    train(a, tiny_dataset(), loss_fn, cfg)
+    length = lambda ex: int(ex["input_ids"].sum())  # noqa: E731  (used only when grouped)
+    train(a, tiny_dataset(), loss_fn, cfg, length_fn=length)
 
     def crash_and_resume(out_dir):
         m = copy.deepcopy(base)
         with pytest.raises(Crash):
-            train(m, tiny_dataset(), crash_at(crash_call), replace(cfg, out_dir=str(out_dir)))
+            train(m, tiny_dataset(), crash_at(crash_call), replace(cfg, out_dir=str(out_dir)), length_fn=length)
         m = copy.deepcopy(base)  # a fresh process would rebuild the model from scratch
-        train(m, tiny_dataset(), loss_fn, replace(cfg, out_dir=str(out_dir), resume=True))
+        train(m, tiny_dataset(), loss_fn, replace(cfg, out_dir=str(out_dir), resume=True), length_fn=length)
         return m
 
     b = crash_and_resume(tmp_path / "b")
@@ -183,11 +187,17 @@ def test_resume_refuses_another_batch_size(tmp_path):
         train(TinyNet(), tiny_dataset(), loss_fn, cfg_for(tmp_path, max_steps=4, batch_size=2, resume=True))
     # another seed, shuffle, accumulation or dataset would put other examples at the saved (epoch, batch)
     for change, match in [(dict(seed=4), "seed 3 then, 4 now"), (dict(shuffle=False), "shuffle True then, False now"),
-                          (dict(grad_accum_steps=2), "grad_accum_steps 1 then, 2 now")]:
+                          (dict(grad_accum_steps=2), "grad_accum_steps 1 then, 2 now"),
+                          (dict(group_by_length=True), "group_by_length False then, True now")]:
         with pytest.raises(ValueError, match="other data settings.*" + match):
             train(TinyNet(), tiny_dataset(), loss_fn, cfg_for(tmp_path, max_steps=4, resume=True, **change))
     with pytest.raises(ValueError, match="examples 40 then, 12 now"):
         train(TinyNet(), tiny_dataset()[:12], loss_fn, cfg_for(tmp_path, max_steps=4, resume=True))
+    grouped = cfg_for(tmp_path / "g", max_steps=2, group_by_length=True)
+    train(TinyNet(), tiny_dataset(), loss_fn, grouped, length_fn=lambda ex: int(ex["input_ids"].sum()))
+    with pytest.raises(ValueError, match="lengths_crc"):  # other lengths would group other batches
+        train(TinyNet(), tiny_dataset(), loss_fn, replace(grouped, max_steps=4, resume=True),
+              length_fn=lambda ex: int(ex["input_ids"].max()))
     res = train(TinyNet(), tiny_dataset(), loss_fn, cfg_for(tmp_path, max_steps=4, resume=True))  # the same: fine
     assert res.step == 4
 
@@ -443,3 +453,81 @@ def test_parameter_groups_print_only_when_verbose(capsys):
     train(TinyNet(), tiny_dataset(), loss_fn, cfg_for(max_steps=1, progress=True, precision="fp32", verbose=True))
     out = capsys.readouterr().out
     assert "matrices get weight decay" in out and "weight_decay=0.1: 2 tensors" in out
+
+
+# ----------------------------------------------------------------------------- length-grouped batches
+
+
+def varied_lengths(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(2, 61, (n,), generator=g).tolist()  # SST-2-like: 2 to 60 tokens
+
+
+def padding_share(batches, lengths):
+    slots = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    return 1 - sum(lengths[i] for b in batches for i in b) / slots
+
+
+def test_grouped_batches_cover_each_example_once_and_cut_padding():
+    from nanoft.train import grouped_batches
+    lengths = varied_lengths(1600)
+    a = grouped_batches(lengths, 16, epoch=0, seed=1)
+    assert len(a) == 100 and all(len(b) == 16 for b in a)
+    assert sorted(i for b in a for i in b) == list(range(1600))  # every example exactly once
+    assert grouped_batches(lengths, 16, epoch=0, seed=1) == a  # (seed, epoch) decides: resume can rebuild it
+    b = grouped_batches(lengths, 16, epoch=1, seed=1)
+    assert b != a and sorted(i for x in b for i in x) == list(range(1600))
+    random_batches = [list(range(i, i + 16)) for i in range(0, 1600, 16)]  # the lengths are random already
+    assert padding_share(random_batches, lengths) > 0.4 and padding_share(a, lengths) < 0.1
+    # the batches are shuffled after grouping: not one long-to-short run per pool
+    firsts = [lengths[x[0]] for x in a[:25]]
+    assert firsts != sorted(firsts, reverse=True)
+    # a ragged tail is left out, a random one: 1605 examples still give 100 batches, different leftovers
+    tails = [set(range(1605)) - {i for x in grouped_batches(varied_lengths(1605), 16, e, 1) for i in x}
+             for e in (0, 1)]
+    assert len(tails[0]) == len(tails[1]) == 5 and tails[0] != tails[1]
+
+
+def test_group_by_length_training_sees_every_example_once_per_epoch():
+    data = [{**ex, "idx": i} for i, ex in enumerate(tiny_dataset())]
+    lengths = [int(ex["input_ids"].sum()) for ex in data]  # all have 6 ids: a made-up length to sort by
+    seen = []
+
+    def loss(m, batch):
+        seen.append(batch["idx"].tolist())
+        return loss_fn(m, batch)
+    # 40 examples / batch 4 = 10 batches per epoch, 3 epochs
+    train(TinyNet(), data, loss, cfg_for(max_steps=None, epochs=3, group_by_length=True),
+          length_fn=lambda ex: int(ex["input_ids"].sum()))
+    assert len(seen) == 30
+    epochs = [sum(seen[e * 10:(e + 1) * 10], []) for e in range(3)]
+    assert all(sorted(ep) == list(range(40)) for ep in epochs)
+    assert epochs[0] != epochs[1]  # another order each epoch
+    from nanoft.train import grouped_batches
+    assert seen[:10] == grouped_batches(lengths, 4, epoch=0, seed=3)  # the loop follows the grouped plan
+    spread = lambda batches: sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)  # noqa
+    plain_seen = []
+    train(TinyNet(), data, lambda m, b: plain_seen.append(b["idx"].tolist()) or loss_fn(m, b),
+          cfg_for(max_steps=10))
+    # grouped batches hold neighbours in length (40 examples make pools of only 2 batches, so the gain is small)
+    assert spread(seen[:10]) < 0.8 * spread(plain_seen)
+
+
+def test_group_by_length_two_processes_share_each_global_batch():
+    # what _micro_batches gives each of 2 processes is the 1-process batch of twice the size, split in two
+    T = sys.modules["nanoft.train"]
+    data, lengths = tiny_dataset(), [int(ex["input_ids"].sum()) for ex in tiny_dataset()]
+    cfg = cfg_for(group_by_length=True, batch_size=4)
+    ids = lambda b: b["input_ids"]  # noqa: E731
+    one = T._micro_batches(data, replace(cfg, batch_size=8), 0, 1, None, 0, 0, torch.device("cpu"), lengths)
+    two = [T._micro_batches(data, cfg, r, 2, None, 0, 0, torch.device("cpu"), lengths) for r in (0, 1)]
+    for _ in range(5):  # one epoch: 40 / 8
+        big = ids(next(one)[2])
+        parts = [ids(next(two[r])[2]) for r in (0, 1)]
+        assert sorted(map(tuple, big.tolist())) == sorted(map(tuple, torch.cat(parts).tolist()))
+
+
+def test_group_by_length_needs_a_length():
+    with pytest.raises(KeyError, match="length_fn"):
+        train(TinyNet(), [{"x": torch.zeros(6, dtype=torch.long), "y": torch.tensor(0)}] * 8, loss_fn,
+              cfg_for(group_by_length=True))
