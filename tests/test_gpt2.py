@@ -5,11 +5,9 @@ import math
 import pytest
 import torch
 import transformers  # the reference (test-only; nanoft itself never imports it)
-from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 import nanoft.gpt2 as gpt2_module
 from nanoft.gpt2 import GPT2, GPT2Config
-from nanoft.sampling import filter_top_k_top_p, sample_next_token
 
 V, P = 1000, 128
 TINY = dict(vocab_size=V, n_positions=P, n_embd=64, n_layer=2, n_head=4)
@@ -148,30 +146,6 @@ def test_top_k_1_and_tiny_top_p_are_greedy(pair):
     assert torch.equal(model.generate(x, 20, top_k=1, temperature=1.5, generator=g), greedy)
     assert torch.equal(model.generate(x, 20, top_p=1e-6, temperature=1.5, generator=g), greedy)
     assert not torch.equal(model.generate(x, 20, temperature=1.5, generator=g), greedy)  # plain sampling differs
-
-
-def test_filters_match_transformers_warpers():
-    logits = torch.randn(8, 200, generator=torch.Generator().manual_seed(0)) * 3
-    for k in (1, 5, 50):
-        ours = torch.isinf(filter_top_k_top_p(logits, top_k=k))
-        assert torch.equal(ours, torch.isinf(TopKLogitsWarper(k)(None, logits)))
-        assert (~ours).sum(-1).eq(k).all()
-    for p in (0.05, 0.5, 0.9, 0.99):
-        ours = torch.isinf(filter_top_k_top_p(logits, top_p=p))
-        assert torch.equal(ours, torch.isinf(TopPLogitsWarper(p)(None, logits)))
-    both = filter_top_k_top_p(logits, top_k=20, top_p=0.7)  # transformers applies top_k, then top_p
-    assert torch.equal(torch.isinf(both), torch.isinf(TopPLogitsWarper(0.7)(None, TopKLogitsWarper(20)(None, logits))))
-
-
-def test_samples_stay_in_the_filtered_support():
-    logits = torch.log(torch.tensor([0.4, 0.3, 0.2, 0.1])).repeat(4000, 1)  # 4000 draws in one call
-    g = torch.Generator().manual_seed(0)
-    for kw, support in [(dict(top_k=2), {0, 1}), (dict(top_p=0.6), {0, 1}), (dict(top_p=0.75), {0, 1, 2}),
-                        (dict(), {0, 1, 2, 3})]:
-        drawn = sample_next_token(logits, generator=g, **kw)
-        assert set(drawn.tolist()) == support
-    drawn = sample_next_token(logits, top_k=2, generator=g)
-    assert abs((drawn == 0).float().mean().item() - 0.4 / 0.7) < 0.03  # renormalised over the kept tokens
 
 
 # ---------------------------------------------------------------- errors
