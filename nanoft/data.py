@@ -100,9 +100,9 @@ def _find(name, data_dir, download):
         source = entry["derive"][0] if "derive" in entry else None
         if source is None or not (folder / source).is_file():  # with its source there, it is cut into the cache
             wanted = name if source is None else f"{name} (or {source}, which it is cut from)"
-            raise FileNotFoundError(f"data folder {folder} (from {named_by}) has no {wanted}: put the file there, "
-                                    f"point {named_by} at a folder laid out like ../shared/data, or leave "
-                                    f"{named_by} unset to use the download cache, a download or the bundled sample")
+            raise FileNotFoundError(f"data folder {folder} (from {named_by}) has no {wanted}: put it at "
+                                    f"{folder / name}, or leave {named_by} unset to use the download cache, a "
+                                    "download or the bundled sample")
     cached = data_cache() / name
     if cached.is_file() and entry["sha256"] and sha256_file(cached) != entry["sha256"]:
         print(f"nanoft: {cached} does not match its sha256; fetching it again")

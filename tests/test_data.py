@@ -152,7 +152,7 @@ def test_a_named_folder_without_the_file_is_an_error(tmp_path, monkeypatch, caps
         dataset_path("sst2/train.tsv", folder)
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(f"data folder {folder} (from --data-dir) has no sst2/train.tsv: "), msg
-    assert "leave --data-dir unset" in msg
+    assert f"put it at {folder / 'sst2/train.tsv'}, or leave --data-dir unset" in msg
     monkeypatch.setenv("NANOFT_DATA", str(folder))  # a folder named by the environment is named too
     with pytest.raises(FileNotFoundError, match=r"\(from NANOFT_DATA\) has no sst2/train.tsv: .*leave NANOFT_DATA "):
         dataset_path("sst2/train.tsv")
