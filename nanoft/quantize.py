@@ -1,0 +1,206 @@
+"""Quantized linear layers, and models built from them: post-training quantization, or a Hugging Face checkpoint
+loaded straight into 4 or 8 bits, one layer at a time.
+
+A quantized layer is frozen: it keeps only its packed weight (and a full-precision bias), and its forward
+dequantizes the weight to the compute dtype and calls F.linear. Backward hands a gradient to the input only, which
+is all QLoRA needs: the LoRA adapters beside the layer train, and the gradient must flow through the frozen layer to
+reach the adapters of the layers below.
+
+That backward is written by hand (FrozenQuantizedLinear) for memory's sake. Plain autograd would save the
+dequantized weight to compute the input's gradient later: one full-precision copy per layer, alive from forward
+to backward, i.e. the whole model in fp32 again, which is what 4 bits were meant to avoid. Instead, backward
+dequantizes the weight a second time: some compute for a lot of memory.
+
+Only the linear layers inside the transformer blocks are quantized. Embeddings, norms and heads stay in full
+precision, as in QLoRA: they are a small share of the weights of a big model, and a norm's few values or the
+output head's logits are where 4 bits would hurt most.
+"""
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nanoft.bert import BERT, BertConfig
+from nanoft.gpt2 import GPT2, GPT2Config
+from nanoft.hf_modules import backbone, block_linears, family, hf_modules, is_transposed
+from nanoft.int8 import dequantize_int8, int8_linear, quantize_int8
+from nanoft.nf4 import BLOCK_SIZE, SCALE_BLOCK_SIZE, NF4Tensor, dequantize_nf4, quantize_nf4
+from nanoft.weights import load_state_dict_from_folder
+
+
+class FrozenQuantizedLinear(torch.autograd.Function):
+    """y = x W^T + b with W = layer.dequantize(x.dtype), rebuilt in backward rather than saved."""
+
+    @staticmethod
+    def forward(ctx, x, bias, layer):
+        ctx.layer = layer
+        return F.linear(x, layer.dequantize(x.dtype), bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_x = grad_out @ ctx.layer.dequantize(grad_out.dtype) if ctx.needs_input_grad[0] else None  # (..., in)
+        grad_bias = grad_out.reshape(-1, grad_out.size(-1)).sum(0) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_bias, None  # no gradient for the weight: it is not a parameter
+
+
+class QuantizedLinear(nn.Module):
+    """Shared by the NF4 and int8 layers: shapes, the frozen bias, the forward above."""
+
+    def __init__(self, in_features, out_features, bias):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.quantized_numel = in_features * out_features  # parameters held in the packed weight
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
+
+    def compute_dtype(self, x):
+        # under autocast (bf16 on a CPU or GPU) compute in autocast's dtype, else in the input's
+        return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+
+    def forward(self, x):
+        dtype = self.compute_dtype(x)
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return FrozenQuantizedLinear.apply(x.to(dtype), bias, self)
+
+    def weight_nbytes(self):
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"{8 * self.weight_nbytes() / self.quantized_numel:.3f} bits per weight")
+
+
+class NF4Linear(QuantizedLinear):
+    """A frozen linear layer with its weight in NF4 (blocks of 64, scales double-quantized by default)."""
+
+    def __init__(self, weight, bias=None, block_size=BLOCK_SIZE, double_quant=True, scale_block_size=SCALE_BLOCK_SIZE):
+        super().__init__(weight.size(1), weight.size(0), bias)
+        q = quantize_nf4(weight, block_size, double_quant, scale_block_size)
+        self.block_size, self.scale_block_size, self.double_quant = block_size, scale_block_size, double_quant
+        for name, t in q.tensors().items():  # buffers: they move with .to() and are saved, but never train
+            self.register_buffer(name, t)
+
+    @classmethod
+    def from_linear(cls, linear, **kw):
+        return cls(linear.weight, linear.bias, **kw)
+
+    def nf4(self):
+        fields = {f.name: getattr(self, f.name, None) for f in dataclasses.fields(NF4Tensor)}
+        fields["shape"] = torch.Size((self.out_features, self.in_features))
+        return NF4Tensor(**fields)
+
+    def dequantize(self, dtype=torch.float32):
+        return dequantize_nf4(self.nf4(), dtype)  # (out, in)
+
+
+class Int8Linear(QuantizedLinear):
+    """A frozen linear layer with its weight in int8, one scale per output channel. kernel: "int8pack" multiplies by
+    the int8 weight with torch._weight_int8pack_mm when no gradient is needed (inference), "dequantize" always goes
+    through the dequantized weight."""
+
+    def __init__(self, weight, bias=None, kernel="int8pack"):
+        super().__init__(weight.size(1), weight.size(0), bias)
+        q, scale = quantize_int8(weight)
+        self.register_buffer("qweight", q)  # (out, in) int8
+        self.register_buffer("scale", scale)  # (out,) float32
+        self.kernel = kernel
+
+    @classmethod
+    def from_linear(cls, linear, **kw):
+        return cls(linear.weight, linear.bias, **kw)
+
+    def dequantize(self, dtype=torch.float32):
+        return dequantize_int8(self.qweight, self.scale, dtype)  # (out, in)
+
+    def forward(self, x):
+        if self.kernel == "int8pack" and not (torch.is_grad_enabled() and x.requires_grad):
+            dtype = self.compute_dtype(x)
+            return int8_linear(x.to(dtype), self.qweight, self.scale, self.bias, kernel="int8pack")
+        return super().forward(x)
+
+
+QUANTIZED = {"nf4": NF4Linear, "int8": Int8Linear}
+
+
+def _layer_class(kind):
+    if kind not in QUANTIZED:
+        raise ValueError(f"kind={kind!r}: use one of {', '.join(QUANTIZED)}")
+    return QUANTIZED[kind]
+
+
+def _set_module(root, name, module):
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+@torch.no_grad()
+def quantize_model(model, kind="nf4", targets="all", **layer_kw):
+    """Post-training quantization, in place: the linear layers of the transformer blocks of the GPT2 / BERT inside
+    model become NF4Linear or Int8Linear (targets: "all", "attention", "mlp" or a list of paths). Returns model."""
+    cls = _layer_class(kind)
+    _, net = backbone(model)
+    for name in block_linears(net, targets) if isinstance(targets, str) else targets:
+        _set_module(net, name, cls.from_linear(net.get_submodule(name), **layer_kw))
+    return model
+
+
+def model_nbytes(model):
+    """{"quantized": bytes of packed weights and their scales, "full": bytes of every other parameter and buffer,
+    "quantized_params": how many weights the packed bytes hold}."""
+    quantized = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    packed = {id(b) for m in quantized for b in m.buffers()}
+    seen, full = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) not in packed and id(t) not in seen:
+            seen.add(id(t))
+            full += t.numel() * t.element_size()
+    return {"quantized": sum(m.weight_nbytes() for m in quantized), "full": full,
+            "quantized_params": sum(m.quantized_numel for m in quantized)}
+
+
+def _find(sd, name):
+    # a checkpoint may have been saved from the bare model (the original "gpt2" repo has no "transformer." prefix)
+    # or from one with a head ("bert." before every BERT name)
+    for candidate in (name, name.removeprefix("transformer."), "bert." + name):
+        if candidate in sd:
+            return sd[candidate]
+    raise KeyError(f"{name} is not in the checkpoint")
+
+
+@torch.no_grad()
+def load_quantized(cls, folder, kind="nf4", targets="all", dtype=torch.float32, **layer_kw):
+    """Build a GPT2 or BERT from a local Hugging Face folder (config.json + model.safetensors) with the linear
+    layers of its blocks quantized as they are read, one layer at a time: the full-precision model never exists.
+    The model is built on the meta device (shapes, no memory), and every module is then given its tensors from the
+    memory-mapped checkpoint: quantized (targets of `kind`) or copied in `dtype` (embeddings, norms, heads)."""
+    layer_cls = _layer_class(kind)
+    folder = Path(folder)
+    config_cls = {GPT2: GPT2Config, BERT: BertConfig}[cls]
+    raw = json.loads((folder / "config.json").read_text())
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    config = config_cls(**{k: v for k, v in raw.items() if k in known})
+    with torch.device("meta"):
+        model = cls(config)
+    sd = load_state_dict_from_folder(folder)  # safetensors: views into a memory map, read when touched
+    quantized = set(block_linears(model, targets) if isinstance(targets, str) else targets)
+    for name, hf_names in hf_modules(model).items():
+        module = model.get_submodule(name)
+        tensors = {}
+        for pname, _ in module.named_parameters(recurse=False):
+            parts = [_find(sd, f"{hf}.{pname}") for hf in hf_names]
+            if pname == "weight" and is_transposed(model, name):
+                parts = [p.t() for p in parts]  # Conv1D (in, out) -> nn.Linear (out, in)
+            tensors[pname] = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]  # fused qkv: rows q, k, v
+        if name in quantized:
+            _set_module(model, name, layer_cls(tensors["weight"], tensors.get("bias"), **layer_kw))
+        else:
+            for pname, t in tensors.items():
+                setattr(module, pname, nn.Parameter(t.to(dtype).clone()))
+    if family(model) == "gpt2":
+        model.lm_head.weight = model.transformer.wte.weight  # tied: the head is the embedding
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:
+        raise ValueError(f"{folder} left {len(left)} tensors unloaded (first: {left[0]})")
+    return model.eval()
