@@ -1,9 +1,14 @@
 """Training-step and forward speed, and peak memory: nanoft against transformers on the same weights.
 
-    python bench/bench_train.py                      # CPU, fp32, all three models, batch 8 x 128
+    python bench/bench_train.py                      # CPU, fp32 and bf16, all three models, batch 8 x 128
     python bench/bench_train.py --threads 1 --cpu-time --profile   # a CPU shared with other jobs (bench/README.md)
-    python bench/bench_train.py --models gpt2-small --repeats 3
-    python bench/bench_train.py --device cuda --dtype bf16 [--compile]
+    python bench/bench_train.py --models gpt2-small --repeats 3 --dtypes bf16
+    python bench/bench_train.py --device cuda --dtypes bf16 [--compile]
+
+Each precision is timed with both libraries under the same autocast (fp32: none), and all of them in one
+rotation (nanoft fp32, HF fp32, nanoft bf16, HF bf16, ...), so every ratio below comes from the same turns.
+The row "each library's default" sets nanoft's precision="auto" (nanoft.device: bf16 autocast where the CPU
+or GPU has bf16) against transformers' default, fp32 (Trainer's bf16=False).
 
 A training step is forward + loss + backward + AdamW step, each library used the way its own training
 code uses it:
@@ -38,6 +43,7 @@ import torch.nn.functional as F
 
 from common import CONFIGS, add_common_args, build_pair, interleaved, machine, print_table, setup
 
+from nanoft.device import resolve_precision
 from nanoft.optim import build_optimizer
 
 
@@ -98,12 +104,12 @@ def forward_fns(kind, ours, hf, batch, autocast):
     return ours_fwd, hf_fwd
 
 
-def autocast_for(args):
+def autocast_for(dtype_name, device):
     """A context-manager factory: autocast to bf16/fp16, or nothing for fp32. Weights stay fp32 either way."""
-    if args.dtype == "fp32":
+    if dtype_name == "fp32":
         return contextlib.nullcontext
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
-    return lambda: torch.autocast(args.device.split(":")[0], dtype=dtype)
+    dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float16
+    return lambda: torch.autocast(device.split(":")[0], dtype=dtype)
 
 
 # ----------------------------------------------------------------------------- where the time goes
@@ -117,7 +123,13 @@ def profile_step(step) -> tuple:
         step()
     events = prof.key_averages()
     matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMULS) / 1e3
-    return matmul, sum(e.self_cpu_time_total for e in events) / 1e3 - matmul
+    rest = {e.key: e.self_cpu_time_total / 1e3 for e in events if e.key not in MATMULS}
+    return matmul, sum(rest.values()), rest
+
+
+def top_ops(rest: dict, n=6) -> str:
+    """The n ops outside the matmuls with the most self time: "aten::copy_ 91, aten::gelu 49, ..." (ms)."""
+    return ", ".join(f"{k.replace('aten::', '')} {v:,.0f}" for k, v in sorted(rest.items(), key=lambda kv: -kv[1])[:n])
 
 
 # ----------------------------------------------------------------------------- memory, in a child process
@@ -146,7 +158,7 @@ def _extra_memory_mib(fn, device):
 
 
 def peak_memory_mib(args, name, which):
-    cmd = [sys.executable, __file__, "--child", name, which, "--device", args.device, "--dtype", args.dtype,
+    cmd = [sys.executable, __file__, "--child", name, which, "--device", args.device, "--dtypes", args.dtypes[0],
            "--batch", str(args.batch), "--seq", str(args.seq)] + (["--threads", str(args.threads)] if args.threads else [])
     # glibc keeps freed blocks of up to 32 MiB in its heap (its mmap threshold grows as big blocks are freed),
     # hiding them from the resident size; serving every block over 64 KiB by mmap, returned to the system at
@@ -164,7 +176,7 @@ def child(args):
     model = ours if which == "nanoft" else hf
     del ours, hf  # only the measured library's model stays alive
     batch = make_batch(args.batch, args.seq, args.device)
-    ac = autocast_for(args)
+    ac = autocast_for(args.dtypes[0], args.device)
     model.eval()
     fwd = forward_fns(kind, model, model, batch, ac)[which == "transformers"]
     fwd_mib = _extra_memory_mib(fwd, args.device)
@@ -183,7 +195,9 @@ def main(argv=None):
     p.add_argument("--seq", type=int, default=128, help="sequence length (default 128)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per library; the median is reported")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls first (torch.compile compiles here)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision (fp32: none)")
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"],
+                   help="autocast precisions to time, both libraries under the same one (fp32: none); "
+                        "default fp32 and bf16")
     p.add_argument("--compile", action="store_true", help="wrap both models in torch.compile")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
     p.add_argument("--profile", action="store_true",
@@ -197,38 +211,59 @@ def main(argv=None):
     if args.child:
         return child(args)
 
+    auto, why = resolve_precision("auto", torch.device(args.device))
     print(f"machine: {machine(args.device)}")
-    print(f"batch {args.batch} x seq {args.seq}, {args.dtype}{', torch.compile' if args.compile else ''}, "
+    print(f"nanoft precision='auto' here: {auto} ({why})")
+    print(f"batch {args.batch} x seq {args.seq}, {' and '.join(args.dtypes)}{', torch.compile' if args.compile else ''}, "
           f"median of {args.repeats} interleaved repeats after {args.warmup} warm-up, "
           f"{'CPU time' if args.cpu_time else 'wall clock'}")
     speed, memory, profile = [], [], []
     for name in args.models:
         kind, ours, hf = build_pair(name, args.device)
         batch = make_batch(args.batch, args.seq, args.device)
-        ac = autocast_for(args)
-        step_ours, step_hf = make_step(kind, ours, False, batch, ac), make_step(kind, hf, True, batch, ac)
+        steps, fwds = [], []  # per precision: (nanoft, transformers)
+        for dt in args.dtypes:
+            ac = autocast_for(dt, args.device)
+            steps.append((make_step(kind, ours, False, batch, ac), make_step(kind, hf, True, batch, ac)))
+            fwds.append(forward_fns(kind, ours, hf, batch, ac))
         if args.compile:  # compile the modules in place, so the optimizers above keep the same parameters
             ours.compile(), hf.compile()
-        loss_ours, loss_hf = step_ours(), step_hf()  # the first step doubles as the check that both do the same work
-        assert torch.allclose(loss_ours.float(), loss_hf.float(), rtol=1e-3), (name, loss_ours.item(), loss_hf.item())
-        t_ours, t_hf = interleaved([step_ours, step_hf], args.repeats, args.warmup, args.device)
+        for dt, (step_ours, step_hf) in zip(args.dtypes, steps):
+            # the first step doubles as the check that both do the same work (bf16 rounds differently in each)
+            loss_ours, loss_hf = step_ours(), step_hf()
+            rtol = 1e-3 if dt == "fp32" else 3e-2
+            assert torch.allclose(loss_ours.float(), loss_hf.float(), rtol=rtol), (name, dt, loss_ours.item(), loss_hf.item())
+        ours.train(), hf.train()
+        t_steps = interleaved([f for pair in steps for f in pair], args.repeats, args.warmup, args.device)
         ours.eval(), hf.eval()
-        f_ours, f_hf = interleaved(forward_fns(kind, ours, hf, batch, ac), args.repeats, args.warmup, args.device)
+        t_fwds = interleaved([f for pair in fwds for f in pair], args.repeats, args.warmup, args.device)
         tokens = args.batch * args.seq
-        speed.append([name, f"{t_ours * 1e3:,.0f}", f"{t_hf * 1e3:,.0f}", f"**{t_ours / t_hf:.2f}**",
-                      f"{tokens / f_ours:,.0f}", f"{tokens / f_hf:,.0f}", f"**{f_ours / f_hf:.2f}**"])
-        print(f"{name}: train step {t_ours / t_hf:.2f}x, forward {f_ours / f_hf:.2f}x", flush=True)
+        by_dtype = {}
+        for i, dt in enumerate(args.dtypes):
+            t_ours, t_hf, f_ours, f_hf = t_steps[2 * i], t_steps[2 * i + 1], t_fwds[2 * i], t_fwds[2 * i + 1]
+            by_dtype[dt] = (t_ours, t_hf, f_ours, f_hf)
+            speed.append([name, f"{dt}, both", f"{t_ours * 1e3:,.0f}", f"{t_hf * 1e3:,.0f}", f"**{t_ours / t_hf:.2f}**",
+                          f"{tokens / f_ours:,.0f}", f"{tokens / f_hf:,.0f}", f"**{f_ours / f_hf:.2f}**"])
+            print(f"{name} {dt}: train step {t_ours / t_hf:.2f}x, forward {f_ours / f_hf:.2f}x", flush=True)
+        if auto in by_dtype and "fp32" in by_dtype:
+            (t_ours, _, f_ours, _), (_, t_hf, _, f_hf) = by_dtype[auto], by_dtype["fp32"]
+            speed.append([name, f"defaults: nanoft auto ({auto}), HF fp32", f"{t_ours * 1e3:,.0f}", f"{t_hf * 1e3:,.0f}",
+                          f"**{t_ours / t_hf:.2f}**", f"{tokens / f_ours:,.0f}", f"{tokens / f_hf:,.0f}",
+                          f"**{f_ours / f_hf:.2f}**"])
+            print(f"{name} defaults (nanoft {auto}, HF fp32): train step {t_ours / t_hf:.2f}x", flush=True)
         if args.profile:
             ours.train(), hf.train()
-            # the profiler's op times are wall-clock: take the median of three steps each, in turns
-            runs = [(profile_step(step_ours), profile_step(step_hf)) for _ in range(3)]
-            (mm_ours, rest_ours), (mm_hf, rest_hf) = [[statistics.median(r[lib][part] for r in runs) for part in (0, 1)]
-                                                      for lib in (0, 1)]
-            # if nanoft spent no time at all outside the matmuls (which both libraries share), its ratio would be:
-            floor = mm_ours / (mm_hf + rest_hf)
-            profile.append([name, f"{mm_ours:,.0f}", f"{rest_ours:,.0f}", f"{mm_hf:,.0f}", f"{rest_hf:,.0f}",
-                            f"{mm_hf / (mm_hf + rest_hf):.0%}", f"**{floor:.2f}**"])
-        del ours, hf, step_ours, step_hf
+            for dt, (step_ours, step_hf) in zip(args.dtypes, steps):
+                # the profiler's op times are wall-clock: take the median of three steps each, in turns
+                runs = [(profile_step(step_ours), profile_step(step_hf)) for _ in range(3)]
+                (mm_ours, rest_ours), (mm_hf, rest_hf) = [[statistics.median(r[lib][part] for r in runs)
+                                                           for part in (0, 1)] for lib in (0, 1)]
+                # if nanoft spent no time at all outside the matmuls (which both libraries share), its ratio would be:
+                floor = mm_ours / (mm_hf + rest_hf)
+                profile.append([name, dt, f"{mm_ours:,.0f}", f"{rest_ours:,.0f}", f"{mm_hf:,.0f}", f"{rest_hf:,.0f}",
+                                f"{mm_hf / (mm_hf + rest_hf):.0%}", f"**{floor:.2f}**",
+                                top_ops(runs[1][0][2]), top_ops(runs[1][1][2])])
+        del ours, hf, steps, fwds
         gc.collect()
         if not args.no_memory:
             m_ours, m_hf = peak_memory_mib(args, name, "nanoft"), peak_memory_mib(args, name, "transformers")
@@ -236,14 +271,16 @@ def main(argv=None):
                            f"**{m_ours['forward'] / m_hf['forward']:.2f}**",
                            f"{m_ours['train']:,.0f}", f"{m_hf['train']:,.0f}", f"**{m_ours['train'] / m_hf['train']:.2f}**"])
     print_table("Speed (time ratios: nanoft / transformers, below 1 = nanoft faster)",
-                ["model", "train step ms, nanoft", "train step ms, HF", "step time ratio",
+                ["model", "precision", "train step ms, nanoft", "train step ms, HF", "step time ratio",
                  "forward tok/s, nanoft", "forward tok/s, HF", "forward time ratio"], speed)
     if profile:
         print_table("One training step, profiled: ms in matmuls (mm/addmm/bmm) and in everything else; the floor is "
-                    "the ratio nanoft would reach with nothing but its matmuls", ["model", "matmuls, nanoft",
-                    "rest, nanoft", "matmuls, HF", "rest, HF", "matmul share of HF's step", "floor ratio"], profile)
+                    "the ratio nanoft would reach with nothing but its matmuls; the largest other ops (ms)",
+                    ["model", "precision", "matmuls, nanoft", "rest, nanoft", "matmuls, HF", "rest, HF",
+                     "matmul share of HF's step", "floor ratio", "largest other ops, nanoft",
+                     "largest other ops, HF"], profile)
     if memory:
-        print_table("Peak memory above the loaded model, MiB (ratios: nanoft / transformers)",
+        print_table(f"Peak memory above the loaded model, MiB, {args.dtypes[0]} (ratios: nanoft / transformers)",
                     ["model", "forward, nanoft", "forward, HF", "ratio", "train step, nanoft", "train step, HF", "ratio"],
                     memory)
 

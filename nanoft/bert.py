@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from nanoft import hf_files
+from nanoft.attention import attention
 
 
 @dataclass
@@ -88,8 +89,7 @@ class SelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         # bidirectional: every token sees every non-pad token (mask is additive, (B, 1, 1, T), or None)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           dropout_p=self.attn_dropout if self.training else 0.0)
+        y = attention(q, k, v, mask, dropout_p=self.attn_dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): re-assemble the heads side by side
         return self.resid_drop(self.proj(y))
 

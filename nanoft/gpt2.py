@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from nanoft import hf_files
 from nanoft import sampling
+from nanoft.attention import attention
 from nanoft.sampling import check_generate_args
 
 
@@ -77,8 +78,7 @@ class CausalSelfAttention(nn.Module):
         else:  # several new tokens after a cache: query i sits at position T_k - T + i and sees keys up to there
             mask = torch.ones(T, T_k, dtype=torch.bool, device=x.device).tril(diagonal=T_k - T)
             is_causal = False
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                           dropout_p=self.attn_pdrop if self.training else 0.0)
+        y = attention(q, k, v, mask, is_causal, dropout_p=self.attn_pdrop if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, nh * hs): heads side by side again
         return self.resid_dropout(self.c_proj(y)), present
 
