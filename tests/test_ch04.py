@@ -1,56 +1,58 @@
-"""Chapter 4 at toy size: pretrain a tiny GPT-2 into a temporary cache, then fine-tune it and train the LSTM with the
-chapter script on Tiny Shakespeare (../shared/data when present, else the bundled sample)."""
+"""Chapter 4's scripts: the chapter at its smoke size (which pretrains a toy GPT-2 into a temporary cache first), on
+Tiny Shakespeare (../shared/data when present) and on the bundled sample, and every numeric flag refused at parse
+time with one line that names it."""
 import importlib.util
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-import torch
 
 from chapters import ch04_finetune_vs_scratch as ch04
-from chapters import ch04_pretrain_small_gpt2 as pretrain
+from chapters import ch04_pretrain_small_gpt2 as pretrain_script
+from chapters.solutions import ch04_data_size, ch04_freeze_blocks, ch04_lr_warmup, ch04_lstm_size
+from nanoft.causal_lm import INFO_FILE, PretrainConfig, offline_model_dir, pretrain_small_gpt2
+from nanoft.cli import run_main
 from nanoft.gpt2 import GPT2
 from nanoft.tokenizer import load_gpt2_tokenizer
 
-TINY_PRETRAIN = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--n-positions", "64", "--block-size", "32",
-                 "--batch-size", "4", "--max-steps", "3", "--warmup-steps", "1", "--val-fraction", "0.002",
-                 "--gen-tokens", "4", "--no-progress", "--device", "cpu"]
-TINY_CHAPTER = ["--block-size", "32", "--batch-size", "4", "--max-steps", "4", "--eval-every", "2",
-                "--warmup-steps", "1", "--val-fraction", "0.002", "--lstm-emb", "16", "--lstm-hidden", "16",
-                "--gen-tokens", "8", "--no-progress", "--device", "cpu"]
+REPO = Path(__file__).resolve().parents[1]
 
 
-def test_chapter4_tiny_run(tmp_path, monkeypatch, capsys, shared_data_dir):
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOFT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("NANOFT_OFFLINE", "1")  # never download in tests: shared data or the sample
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    data = ["--data-dir", str(shared_data_dir)] if shared_data_dir else []
-    pretrain_main = pretrain.main
-    # the chapter pretrains the offline model itself when it is not cached: at toy size here (later flags win)
-    monkeypatch.setattr(pretrain, "main", lambda argv=None: pretrain_main(list(argv or []) + TINY_PRETRAIN))
+    return tmp_path
 
-    results = ch04.main(data + TINY_CHAPTER + ["--out-dir", str(tmp_path / "out")])
+
+def test_chapter4_smoke_run(offline, capsys, shared_data_dir):
+    data = ["--data-dir", str(shared_data_dir)] if shared_data_dir else []
+    out_dir = offline / "out"
+    results = ch04.main(data + ["--smoke", "--device", "cpu", "--threads", "1", "--out-dir", str(out_dir)])
     out = capsys.readouterr().out
     assert "pretraining a small GPT-2 on WikiText-2 first" in out
 
-    # the offline pretrained model: saved in Hugging Face format into the cache, loadable by GPT2.from_pretrained
-    folder = pretrain.cached_model_dir(shared_data_dir)
-    assert str(folder).startswith(str(tmp_path)) and results["model"] == str(folder)
+    # the toy pretrained model: in the cache, in a folder of its own (never the default model's), in HF format
+    folder = Path(results["model"])
+    tiny = PretrainConfig.tiny(n_layer=1, n_head=2, n_embd=16, max_steps=3)
+    assert folder == offline_model_dir(shared_data_dir, tiny) != offline_model_dir(shared_data_dir)
+    assert str(folder).startswith(str(offline / "cache"))
     model = GPT2.from_pretrained(folder)
     assert (model.config.n_layer, model.config.n_embd, model.config.vocab_size) == (1, 16, 50257)
-    tok = load_gpt2_tokenizer(folder)
-    assert tok.encode("Hello world") == [15496, 995]  # GPT-2's own BPE ids, from the folder's tokenizer.json
-    info = json.loads((folder / pretrain.INFO_FILE).read_text())
-    assert info["steps"] == 3 and info["is_sample"] == (shared_data_dir is None)
-    assert results["pretrain"] == info
-    # a second run reuses it instead of training again
-    assert pretrain_main(data + TINY_PRETRAIN) == folder
+    assert load_gpt2_tokenizer(folder).encode("Hello world") == [15496, 995]  # GPT-2's own BPE ids
+    info = json.loads((folder / INFO_FILE).read_text())
+    assert info["steps"] == 3 and info["is_sample"] == (shared_data_dir is None) and results["pretrain"] == info
+    assert pretrain_small_gpt2(tiny, shared_data_dir) == folder  # a second call reuses it
     assert "reusing it" in capsys.readouterr().out
 
     # task tokens: added after GPT-2's vocabulary, wrapped around each speech, present in the training ids
     assert "new rows = mean of the old rows: True" in out
-    assert "[TASK_START]" in out and "[TASK_END]" in out  # the printed wrapped example
-    assert results["task_tokens_in_train"] > 0
+    assert "[TASK_START]" in out and "[TASK_END]" in out  # the printed example
+    assert results["task_tokens_in_train"] > 0 and results["vocab_size"] == 50259
 
     # one row per evaluation (before training, steps 2 and 4) for both models, with finite perplexities
     for name in ("gpt2", "lstm"):
@@ -58,46 +60,113 @@ def test_chapter4_tiny_run(tmp_path, monkeypatch, capsys, shared_data_dir):
         assert [r["step"] for r in rows] == [0, 2, 4]
         assert [r["tokens"] for r in rows] == [0, 2 * 4 * 32, 4 * 4 * 32]
         assert all(math.isfinite(r["ppl"]) and r["ppl"] > 1 for r in rows)
-        assert rows[0]["seconds"] == 0 and rows[1]["seconds"] > 0 and rows[2]["seconds"] > rows[1]["seconds"]
+        assert rows[0]["seconds"] == 0 and 0 < rows[1]["seconds"] < rows[2]["seconds"]
     table = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit() and "|" in line]
     assert [int(t[0]) for t in table] == [0, 2, 4]
     assert [float(t[4]) for t in table] == pytest.approx([r["ppl"] for r in results["gpt2"]], abs=0.06)
     assert [float(t[7]) for t in table] == pytest.approx([r["ppl"] for r in results["lstm"]], abs=0.06)
     assert "To reach perplexity" in out
     assert all(s.startswith("[TASK_START]") for s in results["samples"].values())
-    assert (tmp_path / "out" / "ch04_results.json").is_file()
+
+    # the files, and the line that says where they are
     has_matplotlib = importlib.util.find_spec("matplotlib") is not None
-    assert (tmp_path / "out" / "ch04_perplexity.png").is_file() == has_matplotlib
+    assert (out_dir / "ch04_perplexity.png").is_file() == has_matplotlib
+    assert json.loads((out_dir / "ch04_results.json").read_text())["gpt2"] == results["gpt2"]
+    written = next(line for line in out.splitlines() if line.startswith("Written:"))
+    assert str(out_dir / "ch04_results.json") in written and str(folder) in written
+    assert (str(out_dir / "ch04_perplexity.png") in written) == has_matplotlib
+
+    # a block longer than the model can read: one line naming the flag and the fix, exit code 2
+    with pytest.raises(SystemExit) as e:
+        run_main(ch04.main, data + ["--smoke", "--model", str(folder), "--block-size", "65", "--out-dir", str(out_dir)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--block-size 65" in err[0] and "64 or less" in err[0]
 
 
-def test_perplexity_is_token_weighted_exp_nll(tmp_path):
-    """The chapter's numbers are exp(mean NLL over all validation tokens): check against F.cross_entropy directly."""
-    from torch.utils.data import DataLoader
-
-    from nanoft.gpt2 import GPT2Config
-    from nanoft.lm_data import LMBlocks
-    from nanoft.metrics import evaluate_lm
-
-    torch.manual_seed(0)
-    model = GPT2(GPT2Config(vocab_size=50, n_positions=16, n_embd=8, n_layer=1, n_head=2)).eval()
-    blocks = LMBlocks(torch.randint(0, 50, (16 * 5 + 1,)), 16)
-    got = evaluate_lm(model, DataLoader(blocks, batch_size=2), ch04.lm_loss)["perplexity"]  # batches of 2, 2, 1
-    x, y = torch.stack([b["x"] for b in blocks]), torch.stack([b["y"] for b in blocks])
-    expected = math.exp(torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten()).item())
-    assert got == pytest.approx(expected, rel=1e-5)
+def test_on_the_sample_the_plot_says_so(offline, capsys, monkeypatch):
+    monkeypatch.delenv("NANOFT_DATA", raising=False)  # no data anywhere: the bundled samples
+    titles = []
+    monkeypatch.setattr(ch04, "plot_curves", lambda curves, path, title: titles.append(title))
+    results = ch04.main(["--smoke", "--device", "cpu", "--threads", "1", "--out-dir", str(offline / "out")])
+    assert results["task_data_is_sample"] and results["pretrain"]["is_sample"]
+    assert len(titles) == 1 and "SAMPLE" in titles[0] and "Chapter 4" in titles[0]
+    out = capsys.readouterr().out
+    assert "SAMPLE: Tiny Shakespeare was not found" in out and "pretrained on the bundled SAMPLE" in out
 
 
-def test_first_reaching_and_summary():
-    gpt = [dict(step=0, tokens=0, seconds=0.0, ppl=900.0), dict(step=50, tokens=100, seconds=5.0, ppl=300.0),
-           dict(step=100, tokens=200, seconds=10.0, ppl=200.0)]
-    lstm = [dict(step=0, tokens=0, seconds=0.0, ppl=50000.0), dict(step=50, tokens=100, seconds=4.0, ppl=800.0),
-            dict(step=100, tokens=200, seconds=8.0, ppl=350.0)]
-    s = ch04.summarize(gpt, lstm, None, "gpt2")
-    assert s["target_ppl"] == 350.0 and s["lstm_reached"]["step"] == 100 and s["gpt2_reached"]["step"] == 50
-    assert ch04.first_reaching(gpt, 100.0) is None
+# ---------------------------------------------------------------------------------------------------- bad flags
+# (flag, 0 is allowed): every numeric flag of the chapter-4 scripts; -1 and a non-number are never allowed.
+CHAPTER_FLAGS = [("--block-size", False), ("--batch-size", False), ("--max-steps", False), ("--eval-every", False),
+                 ("--val-fraction", False), ("--lr", False), ("--lstm-lr", False), ("--warmup-steps", True),
+                 ("--weight-decay", True), ("--lstm-emb", False), ("--lstm-hidden", False), ("--lstm-layers", False),
+                 ("--lstm-dropout", True), ("--gen-tokens", False), ("--pretrain-steps", False),
+                 ("--pretrain-layers", False), ("--pretrain-width", False), ("--pretrain-heads", False),
+                 ("--train-last-blocks", True), ("--train-tokens", True), ("--threads", True), ("--seed", True)]
+PRETRAIN_FLAGS = [("--n-layer", False), ("--n-head", False), ("--n-embd", False), ("--n-positions", False),
+                  ("--block-size", False), ("--batch-size", False), ("--max-steps", False), ("--lr", False),
+                  ("--warmup-steps", True), ("--weight-decay", True), ("--dropout", True), ("--val-fraction", False),
+                  ("--eval-every", False), ("--gen-tokens", False), ("--threads", True), ("--seed", True)]
+SHARED = [f for f in CHAPTER_FLAGS if f[0] in ("--block-size", "--batch-size", "--max-steps", "--eval-every",
+                                                "--val-fraction", "--lr", "--lstm-lr", "--warmup-steps",
+                                                "--weight-decay", "--lstm-emb", "--lstm-hidden", "--lstm-layers",
+                                                "--lstm-dropout", "--threads", "--seed")]
+SOLUTION_FLAGS = [(ch04_freeze_blocks, SHARED + [("--blocks", True)]),
+                  (ch04_lr_warmup, SHARED + [("--runs", False)]),
+                  (ch04_data_size, SHARED + [("--train-tokens", True)]),
+                  (ch04_lstm_size, SHARED + [("--layers", False), ("--train-layers", False)])]
+CASES = ([(ch04, flag, zero_ok) for flag, zero_ok in CHAPTER_FLAGS]
+         + [(pretrain_script, flag, zero_ok) for flag, zero_ok in PRETRAIN_FLAGS]
+         + [(module, flag, zero_ok) for module, flags in SOLUTION_FLAGS for flag, zero_ok in flags])
 
 
-def test_detokenize_wikitext():
-    text = ' = Homarus gammarus = \n It weighs 1 @,@ 000 kg ( 2 @.@ 2 lb ) , and is " well @-@ known " . It \'s big .\n'
-    assert pretrain.detokenize_wikitext(text) == (' = Homarus gammarus = \n It weighs 1,000 kg (2.2 lb), and is '
-                                                  '"well-known". It\'s big.\n')
+def parse(module, argv):
+    """What the script does with argv before any model is built: its parse step (ch04_*.main calls it first)."""
+    if hasattr(module, "parse_args"):
+        return module.parse_args(argv)
+    from chapters.solutions import chapter4_args
+    return chapter4_args(module.build_parser(), argv)
+
+
+@pytest.mark.parametrize("module,flag,zero_ok", CASES, ids=[f"{m.__name__.split('.')[-1]}{f}" for m, f, _ in CASES])
+def test_every_numeric_flag_refuses_impossible_values_in_one_line(module, flag, zero_ok, capsys):
+    for value in ["-1", "abc"] + ([] if zero_ok else ["0"]):
+        with pytest.raises(SystemExit) as e:
+            parse(module, [flag, value])
+        assert e.value.code == 2, (flag, value)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 2 and err[0].startswith("usage:"), err  # a one-line usage, then the message
+        assert "error: argument " + flag in err[1] and "Traceback" not in err[1], err
+    if zero_ok:  # 0 means something here (none, all, torch's default): the help says what
+        assert parse(module, [flag, "0"]) is not None
+
+
+@pytest.mark.parametrize("argv,flag", [(["--max-steps", "-5"], "--max-steps"), (["--eval-every", "0"], "--eval-every"),
+                                       (["--lr", "abc"], "--lr")])
+def test_the_chapter_refuses_a_bad_flag_as_a_user_sees_it(argv, flag):
+    """As run from a shell: exit code 2, the usage line and one error line naming the flag, no traceback."""
+    run = subprocess.run([sys.executable, "chapters/ch04_finetune_vs_scratch.py", *argv], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and run.stdout == ""
+    err = run.stderr.strip().splitlines()
+    assert len(err) == 2 and f"error: argument {flag}" in err[1] and "Traceback" not in run.stderr
+
+
+def test_cross_flag_checks_name_both_flags(capsys):
+    for module, argv, words in [(ch04, ["--pretrain-width", "100", "--pretrain-heads", "3"], ["--pretrain-width 100",
+                                                                                              "--pretrain-heads 3"]),
+                                (pretrain_script, ["--block-size", "512"], ["--block-size 512", "--n-positions 256"]),
+                                (pretrain_script, ["--n-embd", "100", "--n-head", "3"], ["--n-embd 100", "--n-head 3"])]:
+        with pytest.raises(SystemExit) as e:
+            module.parse_args(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and all(w in err for w in words), err
+
+
+def test_help_explains_itself(capsys):
+    with pytest.raises(SystemExit):
+        ch04.parse_args(["--help"])
+    text = capsys.readouterr().out
+    for words in ("--smoke", "--precision", "bf16", "ch04_results.json", "NANOFT_CACHE", "--pretrain-steps",
+                  "(default: 300)"):
+        assert words in text, words

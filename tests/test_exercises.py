@@ -1,12 +1,11 @@
-"""The exercises of chapters 4 and 13 (chapters/ch04_exercises.md, chapters/ch13_exercises.md).
+"""The exercises of chapter 13 (chapters/ch13_exercises.md); chapter 4's are in tests/test_exercises_ch04.py.
 
-Every solution runs here at its smoke size, on a tiny GPT-2 and a tiny BERT made once for the module (with the real
-GPT-2 BPE and BERT WordPiece tokenizers), so the whole file takes well under two minutes on a busy CPU. Where an
-exercise's claimed effect is robust even at that size (frozen layers train fewer parameters, no task tokens means
-no task-token ids, a matched LSTM matches, memorising a tiny training set opens a gap between training and
-validation loss, temperature flattens the task mix) its direction is checked; elsewhere the run must complete and
-report finite numbers. The commands printed in the two markdown files are parsed, so they cannot drift from the
-scripts' flags."""
+Every solution runs here at its smoke size, on a tiny BERT made once for the module (with the real BERT WordPiece
+tokenizer), so the whole file takes well under two minutes on a busy CPU. Where an exercise's claimed effect is
+robust even at that size (frozen layers train fewer parameters, memorising a tiny training set opens a gap between
+training and validation loss, temperature flattens the task mix) its direction is checked; elsewhere the run must
+complete and report finite numbers. The commands printed in the markdown file are parsed, so they cannot drift from
+the scripts' flags."""
 import json
 import math
 import re
@@ -16,19 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from chapters import ch04_finetune_vs_scratch as ch04
-from chapters import ch04_pretrain_small_gpt2 as pretrain
 from chapters import ch13_language_understanding as ch13
-from chapters.solutions import (ch04_data_size, ch04_freeze_blocks, ch04_lr_warmup, ch04_lstm_size, ch13_mixing,
-                                ch13_overfitting, ch13_pooling, ch13_tapt_epochs, ch13_unfreeze_top_k)
-from chapters.solutions import CH04_SMOKE, split_argv
+from chapters.solutions import ch13_mixing, ch13_overfitting, ch13_pooling, ch13_tapt_epochs, ch13_unfreeze_top_k
+from chapters.solutions import split_argv
 from nanoft.bert import BERT, BertConfig
-from nanoft.data import dataset_path, read_text
-from nanoft.gpt2 import GPT2
-from nanoft.lstm import LSTMConfig, LSTMLM
 
 REPO = Path(__file__).resolve().parents[1]
-GPT2_VOCAB = 50257
 
 
 @pytest.fixture(scope="module")
@@ -43,26 +35,6 @@ def env(tmp_path_factory, shared_data_dir):
         threads = torch.get_num_threads()
         yield tmp_path_factory.mktemp("out")
         torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def ch04_args(env, tmp_path_factory, shared_data_dir):
-    """Chapter 4 at toy size: ~30k characters of Tiny Shakespeare, a 2-block 16-wide GPT-2 pretrained for 3 steps."""
-    data = tmp_path_factory.mktemp("data4")
-    play = read_text(dataset_path("tiny_shakespeare/input.txt", shared_data_dir).path)
-    cut = play.find("\n\n", 30_000)
-    (data / "tiny_shakespeare").mkdir()
-    (data / "tiny_shakespeare" / "input.txt").write_text(play if cut < 0 else play[:cut + 2])
-    wiki = read_text(dataset_path("wikitext-2/wiki.valid.tokens", shared_data_dir).path)[:20_000]
-    (data / "wikitext-2").mkdir()
-    for name in ("wiki.valid.tokens", "wiki.test.tokens"):
-        (data / "wikitext-2" / name).write_text(wiki)
-    model = tmp_path_factory.mktemp("gpt2") / "tiny"
-    pretrain.main(["--data-dir", str(data), "--out", str(model), "--n-layer", "2", "--n-head", "2", "--n-embd", "16",
-                   "--n-positions", "64", "--block-size", "32", "--batch-size", "4", "--max-steps", "3",
-                   "--warmup-steps", "1", "--gen-tokens", "4", "--no-progress", "--device", "cpu"])
-    return ["--smoke", "--data-dir", str(data), "--model", str(model), "--device", "cpu",
-            "--out-dir", str(env / "ch04")]
 
 
 @pytest.fixture(scope="module")
@@ -149,61 +121,6 @@ def test_set_dropout_reaches_every_dropout(ch13_args):
     assert set(ps) == {0.3} and {m.attn_dropout for m in model.modules() if hasattr(m, "attn_dropout")} == {0.3}
 
 
-# ---------------------------------------------------------------------------------------------------- chapter 4
-
-
-def test_without_task_tokens_the_vocabulary_and_the_ids_stay_gpt2s(ch04_args, capsys):
-    chapter_argv = CH04_SMOKE + [a for a in ch04_args if a != "--smoke"]
-    with_tokens = ch04.main(chapter_argv)
-    capsys.readouterr()
-    without = ch04.main(chapter_argv + ["--no-task-tokens"])
-    out = capsys.readouterr().out
-    assert with_tokens["vocab_size"] == GPT2_VOCAB + 2 and with_tokens["task_tokens_in_train"] > 0
-    assert without["vocab_size"] == GPT2_VOCAB and without["task_tokens_in_train"] == 0
-    assert "Added" not in out
-    example = out.split("One wrapped example:")[1].split("training ids:")[0]
-    assert example.strip() and "[TASK_" not in example
-    assert all("[TASK_" not in sample for sample in without["samples"].values())  # none to prompt with, none to stop at
-    assert all(math.isfinite(r["ppl"]) for name in ("gpt2", "lstm") for r in without[name])
-
-
-def test_freezing_all_blocks_but_the_last(ch04_args):
-    rows = ch04_freeze_blocks.main(ch04_args + ["--blocks", "all,1"])
-    gpt2 = GPT2.from_pretrained(ch04_args[ch04_args.index("--model") + 1])
-    gpt2.resize_token_embeddings(GPT2_VOCAB + 2)  # the chapter's two task tokens
-    last = sum(p.numel() for m in (gpt2.transformer.h[-1], gpt2.transformer.ln_f) for p in m.parameters())
-    assert [r["trainable"] for r in rows] == [gpt2.num_parameters(), last]
-    assert all(finite(r["best_ppl"], r["final_ppl"], r["s_per_step"]) for r in rows)
-
-
-def test_the_size_matched_lstm_matches_gpt2(ch04_args):
-    rows = ch04_lstm_size.main(ch04_args + ["--layers", "1,2", "--train"])
-    gpt2 = GPT2.from_pretrained(ch04_args[ch04_args.index("--model") + 1])
-    target = gpt2.num_parameters() + 2 * gpt2.config.n_embd  # after the two task tokens
-    matched = [r for r in rows if r["lstm"] == "matched"]
-    assert [r["layers"] for r in matched] == [1, 2]
-    for r in matched:
-        assert abs(r["params"] / target - 1) < 0.10  # within 10% of GPT-2's count
-        real = LSTMLM(LSTMConfig(vocab_size=GPT2_VOCAB + 2, emb_dim=r["width"], hidden_dim=r["width"],
-                                 n_layers=r["layers"]))
-        assert r["params"] == real.num_parameters()  # the meta-device count is the real model's
-    assert finite(matched[1]["lstm_final_ppl"], matched[1]["gpt2_final_ppl"])  # --train ran the chapter with it
-
-
-def test_data_size_runs_and_reports(ch04_args):
-    rows = ch04_data_size.main(ch04_args + ["--train-tokens", "3000,0"])
-    assert [r["train_tokens"] for r in rows] == [3000, "all"]
-    assert rows[0]["epochs"] == pytest.approx(4 * 4 * 32 / 3000)  # smoke: 4 steps of 4 x 32 tokens
-    assert rows[0]["epochs"] > rows[1]["epochs"]
-    assert all(finite(r["gpt2_best"], r["gpt2_final"], r["lstm_best"], r["lstm_final"], r["ratio"]) for r in rows)
-
-
-def test_lr_and_warmup_runs_and_reports(ch04_args):
-    rows = ch04_lr_warmup.main(ch04_args + ["--runs", "1e-3:1,1e-2:0"])
-    assert [(r["lr"], r["warmup"]) for r in rows] == [(1e-3, 1), (1e-2, 0)]
-    assert all(finite(r["first_ppl"], r["best_ppl"], r["final_ppl"]) for r in rows)
-
-
 # ---------------------------------------------------------------------------------------------------- the text
 
 
@@ -214,7 +131,7 @@ def run_commands(markdown):
     return [line.split() for line in lines if line.startswith("python ")]
 
 
-@pytest.mark.parametrize("chapter", ["ch04", "ch13"])
+@pytest.mark.parametrize("chapter", ["ch13"])  # chapter 4's: tests/test_exercises_ch04.py
 def test_every_exercise_has_its_parts_and_its_commands_parse(chapter):
     text = (REPO / "chapters" / f"{chapter}_exercises.md").read_text()
     n = len(re.findall(r"^## \d+\. ", text, flags=re.M))
@@ -228,8 +145,5 @@ def test_every_exercise_has_its_parts_and_its_commands_parse(chapter):
             module = __import__(cmd[2], fromlist=["main"])
             _, rest = split_argv(module.build_parser(), cmd[3:], [])
         else:
-            module, rest = {"chapters/ch04_finetune_vs_scratch.py": ch04}[cmd[1]], cmd[2:]
-        if module.__name__.split(".")[-1].startswith("ch13"):
-            ch13.parse_args(rest)
-        else:
-            ch04.build_parser().parse_args(rest)
+            rest = cmd[2:]
+        ch13.parse_args(rest)
