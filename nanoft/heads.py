@@ -3,7 +3,8 @@ Task heads on top of the BERT encoder, and one model that shares the encoder bet
 
 ClassificationHead (sentence -> label, e.g. SST-2) and SpanHead (token -> answer start/end, e.g. SQuAD)
 are the layers Hugging Face's BertForSequenceClassification / BertForQuestionAnswering put on BERT, with the
-same names (`classifier`, `qa_outputs`), so their weights copy over 1:1 and the logits match.
+same names (`classifier`, `qa_outputs`), so their weights copy over 1:1 and the logits match. Each head owns its
+loss (`head.loss(logits, batch)`), so the multi-task model only routes: a new kind of head needs no change here.
 """
 import torch
 import torch.nn as nn
@@ -36,6 +37,10 @@ class ClassificationHead(nn.Module):
             x = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)  # (B, H)
         return self.classifier(self.dropout(x))  # (B, num_labels)
 
+    def loss(self, logits, batch):
+        """Cross-entropy against batch["labels"], or None for a batch without labels (prediction)."""
+        return classification_loss(logits, batch["labels"]) if "labels" in batch else None
+
 
 class SpanHead(nn.Module):
 
@@ -49,6 +54,12 @@ class SpanHead(nn.Module):
         # like HF, pads and question tokens are NOT masked here: SQuAD post-processing keeps answers inside the context
         start, end = self.qa_outputs(hidden).unbind(dim=-1)  # (B, T, 2) -> 2 x (B, T)
         return start.contiguous(), end.contiguous()
+
+    def loss(self, logits, batch):
+        """The mean of the start and end cross-entropies, or None for a batch without answer positions."""
+        if "start_positions" not in batch:
+            return None
+        return span_loss(*logits, batch["start_positions"], batch["end_positions"])
 
 
 def classification_loss(logits, labels):
@@ -67,20 +78,19 @@ def span_loss(start_logits, end_logits, start_positions, end_positions):
 
 
 class MultiTaskModel(nn.Module):
-    """One shared encoder, one head per task: forward(task, batch) -> dict(loss=..., logits=...)."""
+    """One shared encoder, one head per task: forward(task, batch) -> dict(loss=..., logits=...).
 
-    def __init__(self, encoder, heads, task_types=None):
+    A single-task model is the same with one head (minbert's shape: one encoder, one head per task). A head is any
+    module with forward(hidden, attention_mask=, pooled=) and loss(logits, batch)."""
+
+    def __init__(self, encoder, heads):
         super().__init__()
         self.encoder = encoder
         self.heads = nn.ModuleDict(heads)
-        if task_types is None:  # infer from the head's class
-            kinds = {ClassificationHead: "classification", SpanHead: "span"}
-            task_types = {name: kinds.get(type(head)) for name, head in self.heads.items()}
-        for name in self.heads:
-            if task_types.get(name) not in ("classification", "span"):
-                raise ValueError(f"task {name!r} has type {task_types.get(name)!r}: "
-                                 "pass task_types={name: 'classification' or 'span'} for every head")
-        self.task_types = dict(task_types)
+        for name, head in self.heads.items():
+            if not callable(getattr(head, "loss", None)):
+                raise ValueError(f"head {name!r} ({type(head).__name__}) has no loss(logits, batch) method: "
+                                 "give it one, as ClassificationHead and SpanHead have")
 
     def forward(self, task, batch):
         if task not in self.heads:
@@ -91,13 +101,7 @@ class MultiTaskModel(nn.Module):
         needs_pooler = getattr(head, "pooling", None) == "cls"
         pooled = self.encoder.pool(hidden) if needs_pooler else None  # only pay for the pooler when it is used
         logits = head(hidden, attention_mask=mask, pooled=pooled)
-        loss = None
-        if self.task_types[task] == "classification":
-            if "labels" in batch:
-                loss = classification_loss(logits, batch["labels"])
-        elif "start_positions" in batch:
-            loss = span_loss(*logits, batch["start_positions"], batch["end_positions"])
-        return dict(loss=loss, logits=logits)  # span logits are (start (B, T), end (B, T))
+        return dict(loss=head.loss(logits, batch), logits=logits)  # span logits are (start (B, T), end (B, T))
 
 
 def freeze_encoder(model, unfreeze_top_k=0):

@@ -13,7 +13,11 @@
 import math
 import random
 
+from dataclasses import replace
+
 from torch.utils.data import default_collate
+
+from nanoft.train import train
 
 STRATEGIES = ("proportional", "temperature", "round_robin")
 
@@ -47,6 +51,17 @@ def task_schedule(sizes: dict, strategy="proportional", temperature=2.0, num_ste
     return random.Random(seed).choices(names, weights=[p[n] for n in names], k=num_steps)
 
 
+def exact_schedule(steps_per_task: dict, seed=0) -> list:
+    """The task of every step, with exactly steps_per_task[t] steps of each task t, in a seeded random interleaving.
+    For a fair comparison with single-task training: each task gets the very steps its own run had."""
+    for name, n in steps_per_task.items():
+        if n < 1:
+            raise ValueError(f"task {name!r} has {n} steps: give each task at least one")
+    schedule = [name for name, n in steps_per_task.items() for _ in range(n)]
+    random.Random(seed).shuffle(schedule)
+    return schedule
+
+
 class MultiTaskBatches:
     """The mixed schedule as a list of (task, batch): iterate it, or index it (a map-style data set of batches).
 
@@ -55,13 +70,18 @@ class MultiTaskBatches:
     new shuffle, so oversampled small tasks repeat their data in a new order rather than the same batches."""
 
     def __init__(self, datasets: dict, batch_size, strategy="proportional", temperature=2.0, num_steps=None, seed=0,
-                 collate_fn=None):
+                 collate_fn=None, schedule=None):
         self.datasets = datasets
         self.batch_size = batch_size if isinstance(batch_size, dict) else dict.fromkeys(datasets, batch_size)
         self.collate_fn = (collate_fn if isinstance(collate_fn, dict)
                            else dict.fromkeys(datasets, collate_fn or default_collate))
         sizes = {name: math.ceil(len(d) / self.batch_size[name]) for name, d in datasets.items()}
-        self.schedule = task_schedule(sizes, strategy, temperature, num_steps, seed)
+        # schedule: the task of every step given outright (e.g. exact_schedule), instead of drawn by strategy
+        self.schedule = list(schedule) if schedule is not None else \
+            task_schedule(sizes, strategy, temperature, num_steps, seed)
+        unknown = set(self.schedule) - set(datasets)
+        if unknown:
+            raise ValueError(f"the schedule names tasks {sorted(unknown)} without data: give datasets for them")
         rng, todo = random.Random(seed + 1), {name: [] for name in datasets}
         self.plan = []  # (task, example indices of the batch)
         for name in self.schedule:
@@ -80,3 +100,19 @@ class MultiTaskBatches:
     def __iter__(self):
         for i in range(len(self)):
             yield self[i]
+
+
+def fine_tune_multitask(model, batches: "MultiTaskBatches", eval_fn, metric, cfg, loss_weights=None):
+    """nanoft's training loop on a mixed stream of batches: each step's batch comes from one task and is routed to
+    that task's head (model(task, batch), a nanoft.heads.MultiTaskModel). eval_fn(model) -> {metric: value, ...}
+    (higher is better); the model ends with the weights of its best evaluation. loss_weights: {task: weight}, 1 by
+    default. The batches are already built, in the schedule's order: the loop takes them one per step, unshuffled."""
+    weights = {t: 1.0 for t in batches.datasets} | dict(loss_weights or {})
+
+    def loss_fn(m, batch):
+        return weights[batch["task"]] * m(batch["task"], batch)["loss"]
+
+    cfg = replace(cfg, metric=metric, mode="max", restore_best=True, batch_size=1, grad_accum_steps=1, shuffle=False,
+                  max_steps=len(batches), epochs=None, find_unused_parameters=True)  # a step trains one head only
+    return train(model, batches, loss_fn, cfg, eval_fn=eval_fn,
+                 collate_fn=lambda items: {"task": items[0][0], **items[0][1]})

@@ -4,11 +4,17 @@ hide 15% of the real tokens of in-domain text and train the model to recover the
     collate = MLMCollator.from_tokenizer(tok)      # a DataLoader collate_fn over lists of token ids
     batch = collate([ids_1, ids_2, ...])           # {"input_ids", "attention_mask", "labels"}, each (B, T)
     logits, loss = model(**batch)                  # BertForMaskedLM
+    continue_pretraining(mlm_model, train_ids, val_ids, tok, cfg)   # the recipe: masked LM on your own text
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
+
+from nanoft.batching import Collate
+from nanoft.device import to_device
+from nanoft.train import TrainConfig, train
 
 
 def mask_tokens(input_ids, special_ids, vocab_size, mask_token_id, mlm_probability=0.15, generator=None,
@@ -64,13 +70,67 @@ class MLMCollator:
         return cls(mask_id, pad_id, tok.get_vocab_size(), specials, **kwargs)
 
     def __call__(self, examples) -> dict:
-        rows = [torch.as_tensor(e["input_ids"] if isinstance(e, dict) else e, dtype=torch.long) for e in examples]
-        T = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), T), self.pad_token_id, dtype=torch.long)  # (B, T)
-        attention_mask = torch.zeros((len(rows), T), dtype=torch.long)
-        for i, r in enumerate(rows):
-            input_ids[i, :len(r)] = r
-            attention_mask[i, :len(r)] = 1
+        rows = [{"input_ids": e["input_ids"] if isinstance(e, dict) else e} for e in examples]  # labels unused
+        batch = Collate(self.pad_token_id)(rows)
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]  # (B, T) each
         masked, labels = mask_tokens(input_ids, self.special_ids, self.vocab_size, self.mask_token_id,
                                      self.mlm_probability, self.generator, attention_mask)
         return {"input_ids": masked, "attention_mask": attention_mask, "labels": labels}
+
+
+def masked_lm_loss(model, batch):
+    """BertForMaskedLM's loss, computed only where it counts.
+
+    Only the ~15% picked tokens carry a label, and the decoder (hidden -> 30,522 word scores) costs about as much as
+    a small encoder: so decode the picked positions only. Same value as model(**batch)[1]."""
+    hidden = model.bert(batch["input_ids"], attention_mask=batch["attention_mask"])  # (B, T, H)
+    picked = batch["labels"] != -100  # (B, T)
+    if not picked.any():  # a batch of very short sentences can draw no token at all
+        return hidden.sum() * 0.0
+    logits = model.mlm_head(hidden[picked])  # (n_picked, V)
+    return F.cross_entropy(logits, batch["labels"][picked])
+
+
+@torch.no_grad()
+def masked_lm_eval_loss(model, batches) -> float:
+    """Mean masked-LM loss per picked token over fixed batches (draw their masks once, so every call scores the
+    same tokens)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, n = 0.0, 0
+    for batch in batches:
+        k = int((batch["labels"] != -100).sum())
+        total += masked_lm_loss(model, to_device(batch, device)).item() * k
+        n += k
+    model.train(was_training)
+    if n == 0:
+        raise ValueError("no masked token in the validation batches: pass longer or more validation sentences")
+    return total / n
+
+
+def continue_pretraining(model, train_ids, val_ids, tokenizer, cfg: TrainConfig, head_steps=0,
+                         mlm_probability=0.15, seed=0):
+    """Masked-LM training of a BertForMaskedLM on in-domain text (token-id rows; labels unused): domain- or
+    task-adaptive pre-training. With head_steps > 0 the MLM head first trains alone, the encoder frozen, for that
+    many steps: a checkpoint shipped without an MLM head (all-MiniLM-L6-v2) gets a fresh, random one, whose first
+    large, random gradients would otherwise shake the pretrained encoder. Returns
+    {"val_loss_before", "val_loss_after", "results": [TrainResult, ...]}."""
+    collate = MLMCollator.from_tokenizer(tokenizer, mlm_probability=mlm_probability)
+    fixed = MLMCollator.from_tokenizer(tokenizer, mlm_probability=mlm_probability,
+                                       generator=torch.Generator().manual_seed(seed))
+    val_batches = [fixed(val_ids[i:i + 64]) for i in range(0, len(val_ids), 64)]
+    before = masked_lm_eval_loss(model, val_batches)
+    results = []
+    if head_steps:
+        for p in model.bert.parameters():
+            p.requires_grad_(False)
+        results.append(train(model, train_ids, masked_lm_loss, _steps(cfg, head_steps), collate_fn=collate))
+        for p in model.bert.parameters():
+            p.requires_grad_(True)
+    results.append(train(model, train_ids, masked_lm_loss, cfg, collate_fn=collate))
+    return {"val_loss_before": before, "val_loss_after": masked_lm_eval_loss(model, val_batches), "results": results}
+
+
+def _steps(cfg, steps):
+    return replace(cfg, max_steps=steps, epochs=None, warmup_steps=min(cfg.warmup_steps, steps // 10))

@@ -114,8 +114,7 @@ def test_mean_pooling_is_the_masked_mean():
 def test_multitask_routes_to_the_right_head_and_shares_one_encoder():
     encoder = tiny_bert()
     cls_head, span_head = ClassificationHead(H, 2, pooling="cls"), SpanHead(H)
-    model = MultiTaskModel(encoder, {"sst2": cls_head, "squad": span_head},
-                           task_types={"sst2": "classification", "squad": "span"}).eval()
+    model = MultiTaskModel(encoder, {"sst2": cls_head, "squad": span_head}).eval()
     x = batch()
     with torch.no_grad():
         hidden = encoder(**x)
@@ -143,10 +142,25 @@ def test_multitask_routes_to_the_right_head_and_shares_one_encoder():
     assert "heads.squad.qa_outputs.weight" in grads["squad"] and "heads.squad.qa_outputs.weight" not in grads["sst2"]
 
 
-def test_multitask_infers_task_types_and_rejects_unknown_heads():
-    model = MultiTaskModel(tiny_bert(), {"a": ClassificationHead(H, 2), "b": SpanHead(H)})
-    assert model.task_types == {"a": "classification", "b": "span"}
-    with pytest.raises(ValueError, match="task_types"):
+def test_each_head_owns_its_loss_so_a_new_kind_of_head_needs_no_library_change():
+    class TokenTagger(torch.nn.Module):  # a head the library has never heard of: one label per token
+        def __init__(self):
+            super().__init__()
+            self.tagger = torch.nn.Linear(H, 3)
+
+        def forward(self, hidden, attention_mask=None, pooled=None):
+            return self.tagger(hidden)  # (B, T, 3)
+
+        def loss(self, logits, batch):
+            return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["tags"].flatten(), ignore_index=-100)
+
+    model = MultiTaskModel(tiny_bert(), {"a": ClassificationHead(H, 2), "tags": TokenTagger()})
+    x = batch()
+    tags = torch.randint(3, x["input_ids"].shape)
+    out = model("tags", {**x, "tags": tags})
+    assert torch.allclose(out["loss"], torch.nn.functional.cross_entropy(out["logits"].flatten(0, 1), tags.flatten()))
+    assert model("a", x)["loss"] is None  # no labels in the batch: prediction only
+    with pytest.raises(ValueError, match="no loss"):
         MultiTaskModel(tiny_bert(), {"c": torch.nn.Linear(H, 2)})
 
 

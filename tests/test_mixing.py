@@ -86,3 +86,16 @@ def test_per_task_batch_size_and_collate():
             assert batch.shape == (4, 2)
         else:
             assert sorted(batch) == [[i] for i in range(5)]
+
+
+def test_exact_schedule_gives_each_task_exactly_its_steps():
+    from nanoft.mixing import exact_schedule
+    schedule = exact_schedule({"a": 30, "b": 5}, seed=1)
+    assert schedule.count("a") == 30 and schedule.count("b") == 5
+    assert schedule != sorted(schedule) and schedule == exact_schedule({"a": 30, "b": 5}, seed=1)
+    with pytest.raises(ValueError, match="at least one"):
+        exact_schedule({"a": 0})
+    batches = MultiTaskBatches({"a": list(range(10)), "b": list(range(4))}, 2, schedule=schedule, seed=1)
+    assert [t for t, _ in batches] == schedule
+    with pytest.raises(ValueError, match="without data"):
+        MultiTaskBatches({"a": list(range(10))}, 2, schedule=["a", "c"])

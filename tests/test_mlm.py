@@ -125,3 +125,44 @@ def test_collated_batch_trains_bert_for_masked_lm():
     picked = batch["labels"] != -100
     by_hand = -torch.log_softmax(logits[picked], -1).gather(1, batch["labels"][picked][:, None]).mean()
     assert torch.allclose(loss, by_hand, atol=1e-5)
+
+
+def _tiny_mlm():
+    from nanoft.bert import BertConfig, BertForMaskedLM
+    return BertForMaskedLM(BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=37, max_position_embeddings=64))
+
+
+def test_masked_lm_loss_equals_the_full_models_loss():
+    from nanoft.mlm import masked_lm_loss
+    torch.manual_seed(0)
+    model = _tiny_mlm().eval()
+    collate = MLMCollator(mask_token_id=4, pad_token_id=0, vocab_size=120, special_ids=(0, 1, 2, 3, 4),
+                          mlm_probability=0.3, generator=torch.Generator().manual_seed(0))
+    batch = collate([torch.randint(5, 120, (n,)).tolist() for n in (12, 7, 20, 3)])
+    assert (batch["labels"] != -100).any()
+    with torch.no_grad():
+        _, full = model(**batch)
+        assert masked_lm_loss(model, batch).item() == pytest.approx(full.item(), rel=1e-5)
+        nothing = dict(batch, labels=torch.full_like(batch["labels"], -100))
+        assert masked_lm_loss(model, nothing).item() == 0.0  # no picked token: zero, not NaN
+
+
+def test_continue_pretraining_trains_the_head_alone_first_then_everything(minilm_dir):
+    from nanoft.mlm import continue_pretraining
+    from nanoft.bert import BertConfig, BertForMaskedLM
+    from nanoft.tokenizer import load_bert_tokenizer
+    from nanoft.train import TrainConfig
+    tok = load_bert_tokenizer(minilm_dir)
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, intermediate_size=37, max_position_embeddings=64))
+    ids = tok.encode_batch([f"the film number {i} is {'good' if i % 2 else 'bad'} ." for i in range(40)])
+    encoder_before = {k: v.clone() for k, v in model.bert.state_dict().items()}
+    cfg = TrainConfig(lr=1e-2, max_steps=1, batch_size=8, progress=False, precision="fp32")
+    out = continue_pretraining(model, ids[:32], ids[32:], tok, cfg, head_steps=3)
+    assert [r.step for r in out["results"]] == [3, 1]
+    assert out["val_loss_after"] < out["val_loss_before"]
+    assert all(p.requires_grad for p in model.bert.parameters())  # unfrozen again after the head's phase
+    moved = [k for k, v in encoder_before.items() if not torch.equal(v, model.bert.state_dict()[k])]
+    assert moved  # the second phase trains the encoder too
