@@ -13,7 +13,7 @@ same token ids, with the same training loop, and are measured the same way. What
      tokens and seconds did each model need to reach perplexity X?" (X = the LSTM's final perplexity);
   6. a plot and a sample from each model for the same prompt, then the files written.
 
-The recipe itself (task tokens, blocks, fine_tune, perplexity, samples, the offline GPT-2) is nanoft/causal_lm.py.
+The recipe (task tokens, blocks, fine_tune, perplexity, samples, the offline GPT-2) is nanoft/causal_lm.py.
 """
 import argparse
 import json
@@ -27,6 +27,7 @@ from nanoft.causal_lm import (OFFLINE, SMALL_GPT2_LR, TASK_TOKENS, GPT2_LR, Pret
                               task_blocks, task_ids, train_last_blocks)
 from nanoft.cli import fraction, nonneg_float, nonneg_int, positive_float, positive_int, run_main
 from nanoft.data import dataset_path, read_text
+from nanoft.device import pick_device, resolve_precision
 from nanoft.lm_data import split_examples
 from nanoft.lstm import LSTMConfig, LSTMLM
 from nanoft.train import TrainConfig, seed_everything
@@ -68,11 +69,9 @@ def build_parser():
     p.add_argument("--val-fraction", type=fraction, default=0.05,
                    help="tail of the corpus held out for validation (above 0, below 1)")
     p.add_argument("--lr", type=positive_float, default=None,
-                   help=f"GPT-2's peak learning rate. Default: {GPT2_LR:g} for a hub model or folder (GPT-2 small and "
-                        f"up); {SMALL_GPT2_LR:g} for the small offline model, which is 6x narrower and gets only a few "
-                        "hundred steps. In 150-step runs with 30 warmup steps (exercise 5), validation perplexity was "
-                        "5e-5: 2221, 1e-3: 261, 2e-3: 221, 4e-3: 208, 8e-3: 203, 1.6e-2: 234: a broad best from "
-                        "4e-3 to 8e-3, of which the chapter takes the cautious end")
+                   help=f"GPT-2's peak learning rate. Default: {GPT2_LR:g} for a hub model or folder; {SMALL_GPT2_LR:g} "
+                        "for the small offline model, 6x narrower, with a few hundred steps (exercise 5: after 150 "
+                        "steps 5e-5 gave perplexity 2221, 1e-3 261, 4e-3 208, 8e-3 203, 1.6e-2 234)")
     p.add_argument("--lstm-lr", type=positive_float, default=3e-3,
                    help="the LSTM's peak learning rate; in a 60-step trial 3e-3 beat 1e-3 and 1e-2")
     p.add_argument("--warmup-steps", type=nonneg_int, default=30, help="linear warmup for both (0: none)")
@@ -174,8 +173,7 @@ def main(argv=None):
     print(f"Pretrained GPT-2 from {model_name}: {c.n_layer} layers, {c.n_head} heads, width {c.n_embd}, "
           f"{gpt2.num_parameters():,} parameters")
     if pretrain_info and pretrain_info.get("is_sample"):
-        print("  NOTE: it was pretrained on the bundled SAMPLE, not WikiText-2: the numbers below show the method, "
-              "not the answer")
+        print("  NOTE: it was pretrained on the bundled SAMPLE, not WikiText-2: the numbers show the method only")
     if args.block_size > c.n_positions:
         raise ValueError(f"--block-size {args.block_size} is longer than the model's n_positions {c.n_positions}: "
                          f"pass --block-size {c.n_positions} or less")
@@ -206,8 +204,9 @@ def main(argv=None):
     cfg = TrainConfig(lr=lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, max_steps=args.max_steps,
                       decay="linear", batch_size=args.batch_size, eval_every=args.eval_every, device=args.device,
                       precision=args.precision, seed=args.seed, progress=not args.no_progress)
+    precision = resolve_precision(args.precision, pick_device(args.device))[0]  # what "auto" means here
     print(f"\nFine-tuning GPT-2: lr {lr:g}, warmup {args.warmup_steps}, weight decay {args.weight_decay}, "
-          f"{args.max_steps} steps of {args.batch_size} x {args.block_size} tokens, precision {args.precision}")
+          f"{args.max_steps} steps of {args.batch_size} x {args.block_size} tokens, precision {precision}")
     if args.lr is None and pretrain_info:
         print(f"  (not GPT-2's usual {GPT2_LR:g}: that suits a 124M-parameter GPT-2 over thousands of steps; this small "
               f"model needs larger steps, and {SMALL_GPT2_LR:g} is among the best on validation; see --help)")
@@ -221,7 +220,7 @@ def main(argv=None):
               f"{gpt2.num_parameters():,} parameters")
     gpt_rows = fine_tune(gpt2, task.train, task.val, cfg, name="GPT-2")
     results = {"model": model_name, "task_data": str(data.path), "task_data_is_sample": data.is_sample,
-               "pretrain": pretrain_info, "precision": args.precision, "gpt2_lr": lr, "gpt2_trainable": n_trained,
+               "pretrain": pretrain_info, "precision": precision, "gpt2_lr": lr, "gpt2_trainable": n_trained,
                "task_tokens_in_train": sum(counts), "vocab_size": tok.vocab_size, "train_tokens": len(task.train_ids),
                "gpt2": gpt_rows}
     os.makedirs(args.out_dir, exist_ok=True)

@@ -33,7 +33,7 @@ from nanoft.gpt2 import GPT2, GPT2Config
 from nanoft.hub import cache_root
 from nanoft.lm_data import LMBlocks, split_train_val, tokenize_corpus, wrap_with_task_tokens
 from nanoft.metrics import evaluate_lm
-from nanoft.tokenizer import add_special_tokens, load_gpt2_tokenizer
+from nanoft.tokenizer import Tokenizer, add_special_tokens, load_gpt2_tokenizer
 from nanoft.train import TrainConfig, train
 
 TASK_TOKENS = ("[TASK_START]", "[TASK_END]")
@@ -331,7 +331,7 @@ def pretrain_small_gpt2(cfg: Optional[PretrainConfig] = None, data_dir=None, out
 
 class PretrainedGPT2(NamedTuple):
     model: GPT2
-    tokenizer: object  # nanoft.tokenizer.Tokenizer
+    tokenizer: Tokenizer
     source: str  # the folder or hub id it came from
     info: Optional[dict]  # pretrain_info.json for a model pretrained here, else None
 

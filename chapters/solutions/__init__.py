@@ -90,7 +90,7 @@ def ch13_sst2_setup(chapter_argv):
 # is the chapter's flags with the chapter's defaults, parsed here once into explicit settings.
 
 CHAPTER4_SMOKE = dict(block_size=32, batch_size=4, max_steps=4, eval_every=2, warmup_steps=1, val_fraction=0.002,
-                  lstm_emb=16, lstm_hidden=16, no_progress=True)
+                      lstm_emb=16, lstm_hidden=16, no_progress=True)
 
 
 def chapter4_parser(doc, defaults=None):
