@@ -69,7 +69,8 @@ def gpt2_modules(n_layer):
     embedding (tied), and transformers does not save it either."""
     names = ["transformer.wte", "transformer.wpe", "transformer.ln_f"]
     for i in range(n_layer):
-        names += [f"transformer.h.{i}.{m}" for m in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")]
+        names += [f"transformer.h.{i}.{m}"
+                  for m in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")]
     return {name: (name,) for name in names}
 
 

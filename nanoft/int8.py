@@ -9,7 +9,9 @@ scale per `block_size` consecutive values) goes further when a row has outliers,
 
 Decoding one token reads every weight once, so on a CPU it waits on memory, not arithmetic: int8 weights are 4
 times fewer bytes to read than fp32. torch._weight_int8pack_mm multiplies by the int8 weight directly (CPU, x in
-fp32/bf16/fp16); the fallback dequantizes the layer's weight and calls F.linear. bench/bench_quant.py times both.
+fp32/bf16/fp16); the fallback dequantizes the layer's weight and calls F.linear. A third kernel, "fbgemm"
+(torch.ops.quantized.linear_dynamic), is not weight-only: it also rounds each call's activations to int8 (one scale
+per call) and multiplies int8 by int8. bench/bench_quant.py times all three.
 """
 import torch
 import torch.nn.functional as F
@@ -48,13 +50,23 @@ def int8pack_available(x):
         torch, "_weight_int8pack_mm")
 
 
-def int8_linear(x, q, scale, bias=None, kernel="int8pack"):
+def fbgemm_pack(q, scale, bias=None):
+    """q (out, in) int8 and scale (out,) as the packed weight torch.ops.quantized.linear_dynamic takes (CPU)."""
+    qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
+    return torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.float())
+
+
+def int8_linear(x, q, scale, bias=None, kernel="int8pack", packed=None):
     """x (..., in) @ (q * scale)^T + bias -> (..., out) in x's dtype. kernel: "int8pack" (torch's int8-weight
-    matmul, where it exists for x's device and dtype) or "dequantize" (the weight back to x's dtype, then F.linear)."""
+    matmul, where it exists for x's device and dtype), "dequantize" (the weight back to x's dtype, then F.linear),
+    or "fbgemm" (activations rounded to int8 as well; packed = fbgemm_pack(q, scale, bias), which holds the bias)."""
+    if kernel == "fbgemm":
+        y = torch.ops.quantized.linear_dynamic(x.float().reshape(-1, x.size(-1)), packed)  # (N, out) from (N, in)
+        return y.view(*x.shape[:-1], q.size(0)).to(x.dtype)
     if kernel == "int8pack" and int8pack_available(x):
         y = torch._weight_int8pack_mm(x.reshape(-1, x.size(-1)), q, scale.to(x.dtype))  # (N, out) from (N, in)
         y = y.view(*x.shape[:-1], q.size(0))
         return y + bias.to(x.dtype) if bias is not None else y
     if kernel not in ("int8pack", "dequantize"):
-        raise ValueError(f"kernel={kernel!r}: use 'int8pack' or 'dequantize'")
+        raise ValueError(f"kernel={kernel!r}: use 'int8pack', 'dequantize' or 'fbgemm'")
     return F.linear(x, dequantize_int8(q, scale, x.dtype), None if bias is None else bias.to(x.dtype))

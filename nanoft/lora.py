@@ -54,9 +54,11 @@ class LoRALinear(nn.Module):
         self.parts, self.part_size = parts, base.out_features // parts
         self.adapted = tuple(range(parts)) if adapted is None else tuple(sorted(adapted))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        like = next(iter(base.parameters()), None)  # the LoRA matrices live beside the base (never in its int type)
-        kw = dict(device=like.device if like is not None else None,
-                  dtype=like.dtype if like is not None and like.is_floating_point() else torch.float32)
+        # the LoRA matrices live beside the base, in its dtype; beside a quantized base, in fp32 (QLoRA's adapters
+        # train in full precision while the base stays in 4 bits)
+        ref = next(iter([*base.parameters(), *base.buffers()]), None)
+        kw = dict(device=None if ref is None else ref.device,
+                  dtype=base.weight.dtype if isinstance(base, nn.Linear) else torch.float32)
         self.lora_A = nn.ParameterList([nn.Parameter(torch.empty(r, self.in_features, **kw)) for _ in self.adapted])
         self.lora_B = nn.ParameterList([nn.Parameter(torch.zeros(self.part_size, r, **kw)) for _ in self.adapted])
         for A in self.lora_A:
@@ -280,7 +282,8 @@ def load_adapter(model, folder, hf_prefix=None):
                 used.update((a_key, b_key))
     unused = sorted(set(tensors) - used)
     if unused:
-        raise ValueError(f"{len(unused)} adapter tensors fit no layer of this {type(net).__name__} (first: {unused[0]}): "
+        raise ValueError(f"{len(unused)} adapter tensors fit no layer of this {type(net).__name__} "
+                         f"(first: {unused[0]}): "
                          "check hf_prefix (e.g. 'bert.' for an adapter trained on BertForSequenceClassification)")
     return model
 

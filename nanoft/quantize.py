@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from nanoft.bert import BERT, BertConfig
 from nanoft.gpt2 import GPT2, GPT2Config
 from nanoft.hf_modules import backbone, block_linears, family, hf_modules, is_transposed
-from nanoft.int8 import dequantize_int8, int8_linear, quantize_int8
+from nanoft.int8 import dequantize_int8, fbgemm_pack, int8_linear, quantize_int8
 from nanoft.nf4 import BLOCK_SIZE, SCALE_BLOCK_SIZE, NF4Tensor, dequantize_nf4, quantize_nf4
 from nanoft.weights import load_state_dict_from_folder
 
@@ -96,16 +96,21 @@ class NF4Linear(QuantizedLinear):
 
 
 class Int8Linear(QuantizedLinear):
-    """A frozen linear layer with its weight in int8, one scale per output channel. kernel: "int8pack" multiplies by
-    the int8 weight with torch._weight_int8pack_mm when no gradient is needed (inference), "dequantize" always goes
-    through the dequantized weight."""
+    """A frozen linear layer with its weight in int8, one scale per output channel.
+    kernel: "int8pack" multiplies by the int8 weight (torch._weight_int8pack_mm) when no gradient is needed
+    (inference); "dequantize" always goes through the dequantized weight and F.linear; "fbgemm" (inference on a CPU)
+    rounds the activations to int8 too and multiplies int8 by int8 (torch.ops.quantized.linear_dynamic).
+    activation_dtype: run the int8 matmul with the input cast to this dtype (and the output cast back), e.g.
+    torch.bfloat16: on x86 CPUs torch's int8-weight kernel is vectorised for bf16 inputs, and far slower for fp32
+    ones (bench/bench_quant.py measures it)."""
 
-    def __init__(self, weight, bias=None, kernel="int8pack"):
+    def __init__(self, weight, bias=None, kernel="int8pack", activation_dtype=None):
         super().__init__(weight.size(1), weight.size(0), bias)
         q, scale = quantize_int8(weight)
         self.register_buffer("qweight", q)  # (out, in) int8
         self.register_buffer("scale", scale)  # (out,) float32
-        self.kernel = kernel
+        self.kernel, self.activation_dtype = kernel, activation_dtype
+        self._fbgemm = None  # fbgemm's own packed copy of the weight, made at the first call that needs it
 
     @classmethod
     def from_linear(cls, linear, **kw):
@@ -115,9 +120,14 @@ class Int8Linear(QuantizedLinear):
         return dequantize_int8(self.qweight, self.scale, dtype)  # (out, in)
 
     def forward(self, x):
+        if self.kernel == "fbgemm" and not (torch.is_grad_enabled() and x.requires_grad):
+            if self._fbgemm is None:
+                self._fbgemm = fbgemm_pack(self.qweight, self.scale, self.bias)
+            return int8_linear(x, self.qweight, self.scale, kernel="fbgemm", packed=self._fbgemm)
         if self.kernel == "int8pack" and not (torch.is_grad_enabled() and x.requires_grad):
-            dtype = self.compute_dtype(x)
-            return int8_linear(x.to(dtype), self.qweight, self.scale, self.bias, kernel="int8pack")
+            dtype = self.activation_dtype or self.compute_dtype(x)
+            y = int8_linear(x.to(dtype), self.qweight, self.scale, self.bias, kernel="int8pack")
+            return y.to(x.dtype) if self.activation_dtype else y
         return super().forward(x)
 
 
@@ -136,12 +146,19 @@ def _set_module(root, name, module):
 
 
 @torch.no_grad()
-def quantize_model(model, kind="nf4", targets="all", **layer_kw):
+def quantize_model(model, kind="nf4", targets="all", head=False, **layer_kw):
     """Post-training quantization, in place: the linear layers of the transformer blocks of the GPT2 / BERT inside
-    model become NF4Linear or Int8Linear (targets: "all", "attention", "mlp" or a list of paths). Returns model."""
+    model become NF4Linear or Int8Linear (targets: "all", "attention", "mlp" or a list of paths). Returns model.
+    head=True (GPT-2, for inference): the LM head too. It is a third of GPT-2 small's weights and decoding reads all
+    of it for every token; the token embedding it is tied to stays in full precision (a lookup reads one row)."""
     cls = _layer_class(kind)
     _, net = backbone(model)
-    for name in block_linears(net, targets) if isinstance(targets, str) else targets:
+    names = block_linears(net, targets) if isinstance(targets, str) else list(targets)
+    if head:
+        if family(net) != "gpt2":
+            raise ValueError("head=True quantizes GPT-2's LM head; BERT has none")
+        names.append("lm_head")
+    for name in names:
         _set_module(net, name, cls.from_linear(net.get_submodule(name), **layer_kw))
     return model
 

@@ -7,8 +7,8 @@ peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
 from nanoft import BERT, GPT2  # noqa: E402
-from nanoft.lora import (LoRALinear, add_lora, load_adapter, lora_layers, lora_state_dict, merge_and_unload,  # noqa: E402
-                         merge_lora, save_adapter, trainable_parameters, unmerge_lora)
+from nanoft.lora import (LoRALinear, add_lora, load_adapter, lora_layers, lora_state_dict,  # noqa: E402
+                         merge_and_unload, merge_lora, save_adapter, trainable_parameters, unmerge_lora)
 
 TOL = 1e-5
 GPT2_ALL = ["c_attn", "c_proj", "c_fc"]  # PEFT suffixes: c_proj picks attn.c_proj and mlp.c_proj
@@ -145,7 +145,8 @@ def test_merge_equals_peft_merge_and_unload(kind, gpt2_pair, bert_pair):
     else:
         w, ref = ours.layers[1].mlp.fc.weight, hf_merged["encoder.layer.1.intermediate.dense.weight"]
         qkv = ours.layers[0].attn.qkv.weight
-        ref_qkv = torch.cat([hf_merged[f"encoder.layer.0.attention.self.{p}.weight"] for p in ("query", "key", "value")])
+        ref_qkv = torch.cat([hf_merged[f"encoder.layer.0.attention.self.{p}.weight"]
+                             for p in ("query", "key", "value")])
     assert (w - ref).abs().max() < TOL and (qkv - ref_qkv).abs().max() < TOL
     assert (w - before[[k for k in before if k.endswith(("h.1.mlp.c_fc.weight", "layers.1.mlp.fc.weight"))][0]]
             ).abs().max() > 1e-3

@@ -152,6 +152,11 @@ def test_int8_matmul_equals_dequantize_then_matmul(dtype):
     assert (slow.double() - ref).abs().max() < tol * ref.abs().max()
     layer = Int8Linear(w, bias)
     assert torch.equal(layer(x), fast)
+    if dtype == torch.float32:  # fbgemm rounds the activations to int8 too: within that rounding of the reference
+        with torch.no_grad():
+            w8a8 = Int8Linear(w, bias, kernel="fbgemm")(x)
+        step = x.abs().max() / 127  # one int8 step of the activations
+        assert (w8a8 - ref).abs().max() <= step * dequantize_int8(q, scale).abs().sum(1).max()
 
 
 @pytest.mark.parametrize("cls", [NF4Linear, Int8Linear])
@@ -216,6 +221,19 @@ def test_load_quantized_equals_quantizing_the_loaded_model(kind, quant, tiny):
     sizes = model_nbytes(streamed_model)
     assert sizes["quantized_params"] == sum(m.weight.numel() for n, m in full.named_modules()
                                             if isinstance(m, torch.nn.Linear) and n != "lm_head" and "pooler" not in n)
+
+
+def test_int8_generation_with_the_head_quantized(tiny):
+    model = GPT2.from_pretrained(tiny["gpt2"]).eval()
+    int8 = quantize_model(GPT2.from_pretrained(tiny["gpt2"]), "int8", head=True,
+                          activation_dtype=torch.bfloat16).eval()
+    assert isinstance(int8.lm_head, Int8Linear)
+    assert int8.transformer.wte.weight.dtype == torch.float32  # the embedding lookup stays full precision
+    with torch.no_grad():
+        a, b = model(IDS), int8(IDS)
+    assert (a - b).abs().max() < 0.05 * a.abs().max()
+    out = int8.generate(IDS[:1, :4], max_new_tokens=8, temperature=0.0)
+    assert out.shape == (1, 12)
 
 
 def test_qlora_trains_only_the_adapters(tiny):
