@@ -172,7 +172,7 @@ def heads(encoder, sst2, squad, args, rows):
     seed_everything(args.seed)
     model = span_model(copy.deepcopy(encoder))
     _, seconds = timed(fine_tune_qa, model, squad["train"], squad["val_examples"], squad["val"],
-                       config(args, args.squad_steps, args.squad_lr, 16))
+                       config(args, args.squad_steps, args.squad_lr, 16, group_by_length=True))
     scores = evaluate_qa(model, squad["eval_examples"], squad["eval"])
     rows.append(row("full fine-tuning, span head", squad["label"], (scores["exact_match"], scores["f1"]), seconds, "qa"))
 
@@ -195,7 +195,7 @@ def tapt(encoder, sst2, tok, args, rows):
             seed_everything(args.seed + s)
             model = sentence_classifier(copy.deepcopy(enc))
             _, t = timed(fine_tune_classifier, model, labelled, sst2["val"],
-                         replace(config(args, args.label_steps, args.lrs[0], 32), seed=args.seed + s))
+                         replace(config(args, args.label_steps, args.lrs[0], 32, group_by_length=True), seed=args.seed + s))
             accs.append(evaluate_accuracy(model, sst2["dev"]))
             seconds += t
         std = statistics.stdev(accs) if len(accs) > 1 else None
@@ -239,7 +239,7 @@ def frozen(encoder, sst2, squad, args, rows):
     seed_everything(args.seed)
     model = freeze_encoder(span_model(copy.deepcopy(encoder)))
     _, seconds = timed(fine_tune_qa, model, squad["train"], squad["val_examples"], squad["val"],
-                       config(args, args.squad_steps, args.head_lr, 16))
+                       config(args, args.squad_steps, args.head_lr, 16, group_by_length=True))
     scores = evaluate_qa(model, squad["eval_examples"], squad["eval"])
     rows.append(row("frozen encoder, span head only", squad["label"], (scores["exact_match"], scores["f1"]), seconds,
                     "qa"))

@@ -16,7 +16,7 @@ from dataclasses import replace
 import torch
 from tqdm.auto import tqdm
 
-from nanoft.batching import Collate, eval_order
+from nanoft.batching import Collate, eval_order, real_length
 from nanoft.data import dataset_path, read_sst2
 from nanoft.device import to_device
 from nanoft.heads import ClassificationHead, MultiTaskModel, freeze_encoder
@@ -124,7 +124,7 @@ def fine_tune_classifier(model, train_features, val_features, cfg: TrainConfig, 
     percent, "val_acc"); the model ends with the weights of its best evaluation. Returns the loop's TrainResult."""
     cfg = replace(cfg, metric="val_acc", mode="max", restore_best=True)
     evaluate = lambda m: {"val_acc": evaluate_accuracy(m, val_features, task, progress=cfg.progress)}  # noqa: E731
-    return train(model, train_features, _loss(task), cfg, eval_fn=evaluate, collate_fn=Collate())
+    return train(model, train_features, _loss(task), cfg, eval_fn=evaluate, collate_fn=Collate(), length_fn=real_length)
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nanoft import squad
-from nanoft.batching import Collate, eval_order
+from nanoft.batching import Collate, eval_order, real_length
 from nanoft.classification import subset
 from nanoft.data import dataset_path
 from nanoft.device import to_device
@@ -105,8 +105,8 @@ def fine_tune_qa(model, train_features, val_examples, val_features, cfg: TrainCo
     model ends with the weights of its best evaluation. Returns the loop's TrainResult."""
     loss = lambda m, b: m(task, b)["loss"]  # noqa: E731
     if not val_features:  # no validation split (the standard recipe): train the whole schedule, keep the last weights
-        return train(model, train_features, loss, cfg, collate_fn=Collate())
+        return train(model, train_features, loss, cfg, collate_fn=Collate(), length_fn=real_length)
     cfg = replace(cfg, metric="val_f1", mode="max", restore_best=True)
     evaluate = lambda m: {"val_f1": evaluate_qa(m, val_examples, val_features, task,  # noqa: E731
                                                 progress=cfg.progress)["f1"]}
-    return train(model, train_features, loss, cfg, eval_fn=evaluate, collate_fn=Collate())
+    return train(model, train_features, loss, cfg, eval_fn=evaluate, collate_fn=Collate(), length_fn=real_length)
