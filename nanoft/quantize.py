@@ -16,19 +16,17 @@ precision, as in QLoRA: they are a small share of the weights of a big model, an
 output head's logits are where 4 bits would hurt most.
 """
 import dataclasses
-import json
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nanoft import hf_files
 from nanoft.bert import BERT, BertConfig
 from nanoft.gpt2 import GPT2, GPT2Config
 from nanoft.hf_modules import backbone, block_linears, family, hf_modules, is_transposed
 from nanoft.int8 import dequantize_int8, fbgemm_pack, int8_linear, quantize_int8
 from nanoft.nf4 import BLOCK_SIZE, SCALE_BLOCK_SIZE, NF4Tensor, dequantize_nf4, quantize_nf4
-from nanoft.weights import load_state_dict_from_folder
 
 
 class FrozenQuantizedLinear(torch.autograd.Function):
@@ -187,20 +185,18 @@ def _find(sd, name):
 
 
 @torch.no_grad()
-def load_quantized(cls, folder, kind="nf4", targets="all", dtype=torch.float32, **layer_kw):
-    """Build a GPT2 or BERT from a local Hugging Face folder (config.json + model.safetensors) with the linear
-    layers of its blocks quantized as they are read, one layer at a time: the full-precision model never exists.
-    The model is built on the meta device (shapes, no memory), and every module is then given its tensors from the
-    memory-mapped checkpoint: quantized (targets of `kind`) or copied in `dtype` (embeddings, norms, heads)."""
+def load_quantized(cls, name_or_path, kind="nf4", targets="all", dtype=torch.float32, layer_kw=None, **hub_kwargs):
+    """Build a GPT2 or BERT from a Hugging Face checkpoint (a local folder or a hub id) with the linear layers of its
+    blocks quantized as they are read, one layer at a time: the full-precision model never exists. The model is
+    built on the meta device (shapes, no memory), and every module then gets its tensors from the memory-mapped
+    checkpoint: quantized (targets, to `kind`; layer_kw go to the layer) or copied in `dtype` (embeddings, norms,
+    heads). hub_kwargs (revision, cache_dir, offline) go to nanoft.hub.resolve."""
     layer_cls = _layer_class(kind)
-    folder = Path(folder)
-    config_cls = {GPT2: GPT2Config, BERT: BertConfig}[cls]
-    raw = json.loads((folder / "config.json").read_text())
-    known = {f.name for f in dataclasses.fields(config_cls)}
-    config = config_cls(**{k: v for k, v in raw.items() if k in known})
+    config_cls, model_type = {GPT2: (GPT2Config, "gpt2"), BERT: (BertConfig, "bert")}[cls]
+    config = hf_files.config_from_dict(config_cls, hf_files.read_config(name_or_path, model_type, **hub_kwargs))
     with torch.device("meta"):
         model = cls(config)
-    sd = load_state_dict_from_folder(folder)  # safetensors: views into a memory map, read when touched
+    sd = hf_files.read_tensors(name_or_path, **hub_kwargs)  # safetensors: views into a memory map, read when touched
     quantized = set(block_linears(model, targets) if isinstance(targets, str) else targets)
     for name, hf_names in hf_modules(model).items():
         module = model.get_submodule(name)
@@ -211,7 +207,7 @@ def load_quantized(cls, folder, kind="nf4", targets="all", dtype=torch.float32, 
                 parts = [p.t() for p in parts]  # Conv1D (in, out) -> nn.Linear (out, in)
             tensors[pname] = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]  # fused qkv: rows q, k, v
         if name in quantized:
-            _set_module(model, name, layer_cls(tensors["weight"], tensors.get("bias"), **layer_kw))
+            _set_module(model, name, layer_cls(tensors["weight"], tensors.get("bias"), **(layer_kw or {})))
         else:
             for pname, t in tensors.items():
                 setattr(module, pname, nn.Parameter(t.to(dtype).clone()))
@@ -219,5 +215,5 @@ def load_quantized(cls, folder, kind="nf4", targets="all", dtype=torch.float32, 
         model.lm_head.weight = model.transformer.wte.weight  # tied: the head is the embedding
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:
-        raise ValueError(f"{folder} left {len(left)} tensors unloaded (first: {left[0]})")
+        raise ValueError(f"{name_or_path} left {len(left)} tensors unloaded (first: {left[0]})")
     return model.eval()
