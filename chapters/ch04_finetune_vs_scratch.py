@@ -13,7 +13,7 @@ same token ids, with the same training loop, and are measured the same way. What
      tokens and seconds did each model need to reach perplexity X?" (X = the LSTM's final perplexity);
   6. a plot and a sample from each model for the same prompt, then the files written.
 
-The recipe (task tokens, blocks, fine_tune, perplexity, samples, the offline GPT-2) is nanoft/causal_lm.py.
+The recipe (task tokens, blocks, fine_tune_lm, perplexity, samples, the offline GPT-2) is nanoft/causal_lm.py.
 """
 import argparse
 import json
@@ -23,7 +23,7 @@ from dataclasses import replace
 import torch
 
 from nanoft.causal_lm import (OFFLINE, SMALL_GPT2_LR, TASK_TOKENS, GPT2_LR, PretrainConfig, add_task_tokens,
-                              default_lr, fine_tune, first_reaching, load_pretrained_gpt2, plot_curves, sample,
+                              default_lr, fine_tune_lm, first_reaching, load_pretrained_gpt2, plot_curves, sample,
                               task_blocks, task_ids, train_last_blocks)
 from nanoft.cli import fraction, nonneg_float, nonneg_int, positive_float, positive_int, run_main
 from nanoft.data import dataset_path, read_text
@@ -69,9 +69,10 @@ def build_parser():
     p.add_argument("--val-fraction", type=fraction, default=0.05,
                    help="tail of the corpus held out for validation (above 0, below 1)")
     p.add_argument("--lr", type=positive_float, default=None,
-                   help=f"GPT-2's peak learning rate. Default: {GPT2_LR:g} for a hub model or folder; {SMALL_GPT2_LR:g} "
-                        "for the small offline model, 6x narrower, with a few hundred steps (exercise 5: after 150 "
-                        "steps 5e-5 gave perplexity 2221, 1e-3 261, 4e-3 208, 8e-3 203, 1.6e-2 234)")
+                   help=f"GPT-2's peak learning rate. Default: {GPT2_LR:g} for a hub model or folder; "
+                        f"{SMALL_GPT2_LR:g} for the small offline model, 6x narrower, with a few hundred steps "
+                        "(exercise 5: after 150 steps 5e-5 gave perplexity 2221, 1e-3 261, 4e-3 208, 8e-3 203, "
+                        "1.6e-2 234)")
     p.add_argument("--lstm-lr", type=positive_float, default=3e-3,
                    help="the LSTM's peak learning rate; in a 60-step trial 3e-3 beat 1e-3 and 1e-2")
     p.add_argument("--warmup-steps", type=nonneg_int, default=30, help="linear warmup for both (0: none)")
@@ -208,8 +209,8 @@ def main(argv=None):
     print(f"\nFine-tuning GPT-2: lr {lr:g}, warmup {args.warmup_steps}, weight decay {args.weight_decay}, "
           f"{args.max_steps} steps of {args.batch_size} x {args.block_size} tokens, precision {precision}")
     if args.lr is None and pretrain_info:
-        print(f"  (not GPT-2's usual {GPT2_LR:g}: that suits a 124M-parameter GPT-2 over thousands of steps; this small "
-              f"model needs larger steps, and {SMALL_GPT2_LR:g} is among the best on validation; see --help)")
+        print(f"  (not GPT-2's usual {GPT2_LR:g}: that suits a 124M-parameter GPT-2 over thousands of steps; this "
+              f"small model needs larger steps, and {SMALL_GPT2_LR:g} is among the best on validation; see --help)")
     n_trained = gpt2.num_parameters()
     if args.train_last_blocks is not None:  # the exercise: freeze everything but the last K blocks
         if args.train_last_blocks > c.n_layer:
@@ -218,7 +219,7 @@ def main(argv=None):
         n_trained = train_last_blocks(gpt2, args.train_last_blocks)
         print(f"  trained: the last {args.train_last_blocks} block(s) and ln_f, {n_trained:,} of "
               f"{gpt2.num_parameters():,} parameters")
-    gpt_rows = fine_tune(gpt2, task.train, task.val, cfg, name="GPT-2")
+    gpt_rows = fine_tune_lm(gpt2, task.train, task.val, cfg, name="GPT-2")
     results = {"model": model_name, "task_data": str(data.path), "task_data_is_sample": data.is_sample,
                "pretrain": pretrain_info, "precision": precision, "gpt2_lr": lr, "gpt2_trainable": n_trained,
                "task_tokens_in_train": sum(counts), "vocab_size": tok.vocab_size, "train_tokens": len(task.train_ids),
@@ -231,7 +232,7 @@ def main(argv=None):
                                  n_layers=args.lstm_layers, dropout=args.lstm_dropout))
         print(f"\nTraining an LSTM from scratch: {args.lstm_layers} layers, embedding {args.lstm_emb}, hidden "
               f"{args.lstm_hidden}, {lstm.num_parameters():,} parameters, lr {args.lstm_lr:g}")
-        lstm_rows = fine_tune(lstm, task.train, task.val, replace(cfg, lr=args.lstm_lr), name="LSTM")
+        lstm_rows = fine_tune_lm(lstm, task.train, task.val, replace(cfg, lr=args.lstm_lr), name="LSTM")
 
         # 6. Compare: perplexity against tokens seen and training time, a plot, and a sample of each
         print_table(gpt_rows, lstm_rows)

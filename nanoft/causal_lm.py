@@ -4,15 +4,15 @@ measure validation perplexity as it learns, and sample from it.
     lm = load_pretrained_gpt2("gpt2")                      # a hub id, a local HF folder, or "offline" (see below)
     start_id, end_id = add_task_tokens(lm.model, lm.tokenizer)
     task = task_blocks(split_examples(text), lm.tokenizer, block_size=128)
-    curve = fine_tune(lm.model, task.train, task.val, TrainConfig(lr=5e-5, max_steps=300, eval_every=50))
+    curve = fine_tune_lm(lm.model, task.train, task.val, TrainConfig(lr=5e-5, max_steps=300, eval_every=50))
     print(curve[-1]["ppl"], sample(lm.model, lm.tokenizer, "ROMEO:\n", start_id=start_id, end_id=end_id))
 
 Every example is wrapped in [TASK_START] ... [TASK_END], two tokens added to the vocabulary, so the model learns
 where an example begins and ends, and generation can be prompted with the first and stopped at the second.
 
 No GPT-2 weights can be had without the hub, so "offline" stands for a small GPT-2 (GPT-2's tokenizer and
-architecture, 4 layers of width 128) that pretrain_small_gpt2 trains on WikiText-2 with the same fine_tune (pretraining
-is causal-LM training too) and caches in Hugging Face format.
+architecture, 4 layers of width 128) that pretrain_small_gpt2 trains on WikiText-2 with the same fine_tune_lm
+(pretraining is causal-LM training too) and caches in Hugging Face format.
 """
 import hashlib
 import importlib.util
@@ -108,7 +108,7 @@ def evaluate_perplexity(model, blocks: LMBlocks, batch_size: int = 32) -> dict:
     return evaluate_lm(model, DataLoader(blocks, batch_size=batch_size), lm_loss)
 
 
-def fine_tune(model, train_blocks: LMBlocks, val_blocks: LMBlocks, cfg: TrainConfig, name: str = "model",
+def fine_tune_lm(model, train_blocks: LMBlocks, val_blocks: LMBlocks, cfg: TrainConfig, name: str = "model",
               verbose: bool = True) -> list:
     """Train `model` (GPT2 or LSTMLM) on train_blocks with nanoft's loop and return its validation curve: one row
     {"step", "tokens", "seconds", "ppl"} before training and at every evaluation (every cfg.eval_every steps and
@@ -308,7 +308,7 @@ def pretrain_small_gpt2(cfg: Optional[PretrainConfig] = None, data_dir=None, out
                             eval_every=cfg.eval_every, device=cfg.device, precision=cfg.precision, seed=cfg.seed,
                             progress=cfg.progress, log_every=10)
     t0 = time.perf_counter()
-    curve = fine_tune(model, train_blocks, val_blocks, train_cfg, name="small GPT-2")
+    curve = fine_tune_lm(model, train_blocks, val_blocks, train_cfg, name="small GPT-2")
     wall = time.perf_counter() - t0
     tokens_seen = curve[-1]["tokens"]
     print(f"Pretrained for {curve[-1]['step']} steps ({tokens_seen:,} tokens) in {curve[-1]['seconds']:.0f} s of "

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nanoft.causal_lm import (TASK_TOKENS, PretrainConfig, add_task_tokens, best_and_final, detokenize_wikitext,
-                              evaluate_perplexity, fine_tune, first_reaching, lm_loss, offline_model_dir, sample,
+                              evaluate_perplexity, fine_tune_lm, first_reaching, lm_loss, offline_model_dir, sample,
                               task_blocks, task_ids, train_last_blocks)
 from nanoft.gpt2 import GPT2, GPT2Config
 from nanoft.lm_data import LMBlocks
@@ -87,7 +87,7 @@ def test_fine_tune_returns_one_row_per_evaluation_and_learns(make):
     train, val = LMBlocks(pattern[:1025], 16), LMBlocks(pattern[1024:], 16)
     cfg = TrainConfig(lr=1e-2, max_steps=30, eval_every=10, batch_size=4, warmup_steps=2, device="cpu",
                       precision="fp32", progress=False)
-    curve = fine_tune(make(), train, val, cfg, verbose=False)
+    curve = fine_tune_lm(make(), train, val, cfg, verbose=False)
     assert [r["step"] for r in curve] == [0, 10, 20, 30]
     assert [r["tokens"] for r in curve] == [0, 10 * 4 * 16, 20 * 4 * 16, 30 * 4 * 16]
     assert curve[0]["seconds"] == 0 and all(a["seconds"] < b["seconds"] for a, b in zip(curve, curve[1:]))
@@ -98,7 +98,7 @@ def test_fine_tune_returns_one_row_per_evaluation_and_learns(make):
 
 def test_fine_tune_refuses_blocks_longer_than_the_model_reads():
     with pytest.raises(ValueError, match="block_size 40 is longer than the model's n_positions 32"):
-        fine_tune(tiny_gpt2(64), LMBlocks(torch.arange(100) % 64, 40), LMBlocks(torch.arange(100) % 64, 40),
+        fine_tune_lm(tiny_gpt2(64), LMBlocks(torch.arange(100) % 64, 40), LMBlocks(torch.arange(100) % 64, 40),
                   TrainConfig(max_steps=1), verbose=False)
 
 

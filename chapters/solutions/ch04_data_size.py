@@ -8,7 +8,7 @@ over many epochs); validation is the same held-out tail every time.
 from dataclasses import replace
 
 from . import chapter4_args, chapter4_parser, chapter4_setup, print_table, save_rows
-from nanoft.causal_lm import best_and_final, fine_tune
+from nanoft.causal_lm import best_and_final, fine_tune_lm
 from nanoft.cli import nonneg_int, run_main
 
 
@@ -27,9 +27,9 @@ def main(argv=None):
         print(f"\n=== Training on {'all the' if n == 0 else f'the first {n:,}'} training tokens ===")
         lm, cfg = setup.gpt2()
         task = setup.task(lm.tokenizer, train_tokens=n)
-        curves = {"gpt2": fine_tune(lm.model, task.train, task.val, cfg, name="GPT-2")}
+        curves = {"gpt2": fine_tune_lm(lm.model, task.train, task.val, cfg, name="GPT-2")}
         lstm = setup.new_lstm(lm.tokenizer.vocab_size)
-        curves["lstm"] = fine_tune(lstm, task.train, task.val, replace(cfg, lr=setup.lstm_lr), name="LSTM")
+        curves["lstm"] = fine_tune_lm(lstm, task.train, task.val, replace(cfg, lr=setup.lstm_lr), name="LSTM")
         row = dict(train_tokens=n or "all", epochs=curves["gpt2"][-1]["tokens"] / len(task.train_ids))
         for name, curve in curves.items():
             row[f"{name}_best"], row[f"{name}_final"] = best_and_final(curve)

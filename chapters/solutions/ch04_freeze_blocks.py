@@ -5,7 +5,7 @@ block (and the final LayerNorm), with everything else frozen; perplexity, traina
     python -m chapters.solutions.ch04_freeze_blocks --data-dir ../shared/data --blocks all,2,1,0
 """
 from . import chapter4_args, chapter4_parser, chapter4_setup, print_table, save_rows
-from nanoft.causal_lm import best_and_final, fine_tune, train_last_blocks
+from nanoft.causal_lm import best_and_final, fine_tune_lm, train_last_blocks
 from nanoft.cli import nonneg_int, run_main
 
 
@@ -31,7 +31,7 @@ def main(argv=None):
         lm, cfg = setup.gpt2()
         trainable = lm.model.num_parameters() if k == "all" else train_last_blocks(lm.model, k)
         task = setup.task(lm.tokenizer)
-        curve = fine_tune(lm.model, task.train, task.val, cfg, name="GPT-2")
+        curve = fine_tune_lm(lm.model, task.train, task.val, cfg, name="GPT-2")
         best, final = best_and_final(curve)
         rows.append(dict(blocks=k, trainable=trainable, best_ppl=best, final_ppl=final,
                          seconds=curve[-1]["seconds"], s_per_step=curve[-1]["seconds"] / curve[-1]["step"]))

@@ -10,7 +10,7 @@ import torch
 
 from . import chapter4_args, chapter4_parser, chapter4_setup, print_table, save_rows
 from nanoft import LSTMConfig, LSTMLM
-from nanoft.causal_lm import best_and_final, fine_tune
+from nanoft.causal_lm import best_and_final, fine_tune_lm
 from nanoft.cli import positive_int, run_main
 
 
@@ -66,9 +66,9 @@ def main(argv=None):
         match = next(r for r in rows if r["lstm"] == "matched" and r["layers"] == args.train_layers)
         print(f"\n=== The chapter with the matched LSTM: {match['layers']} layers of width {match['width']} ===")
         task = setup.task(lm.tokenizer)
-        curves = {"gpt2": fine_tune(lm.model, task.train, task.val, cfg, name="GPT-2")}
+        curves = {"gpt2": fine_tune_lm(lm.model, task.train, task.val, cfg, name="GPT-2")}
         lstm = setup.new_lstm(V, emb_dim=match["width"], hidden_dim=match["width"], n_layers=match["layers"])
-        curves["lstm"] = fine_tune(lstm, task.train, task.val, replace(cfg, lr=setup.lstm_lr), name="LSTM")
+        curves["lstm"] = fine_tune_lm(lstm, task.train, task.val, replace(cfg, lr=setup.lstm_lr), name="LSTM")
         for name, curve in curves.items():
             match[f"{name}_best_ppl"], match[f"{name}_final_ppl"] = best_and_final(curve)
             match[f"{name}_seconds"] = curve[-1]["seconds"]
