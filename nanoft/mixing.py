@@ -102,17 +102,23 @@ class MultiTaskBatches:
             yield self[i]
 
 
-def fine_tune_multitask(model, batches: "MultiTaskBatches", eval_fn, metric, cfg, loss_weights=None):
+def fine_tune_multitask(model, batches: "MultiTaskBatches", evaluators: dict, cfg, loss_weights=None):
     """nanoft's training loop on a mixed stream of batches: each step's batch comes from one task and is routed to
-    that task's head (model(task, batch), a nanoft.heads.MultiTaskModel). eval_fn(model) -> {metric: value, ...}
-    (higher is better); the model ends with the weights of its best evaluation. loss_weights: {task: weight}, 1 by
-    default. The batches are already built, in the schedule's order: the loop takes them one per step, unshuffled."""
+    that task's head (model(task, batch), a nanoft.heads.MultiTaskModel). evaluators: {task: fn(model) -> its
+    validation metric, higher is better}; each evaluation logs val_<task> and their mean, val_mean, which picks the
+    weights the model ends with. loss_weights: {task: weight}, 1 by default. The batches are already built, in the
+    schedule's order: the loop takes them one per step, unshuffled."""
     weights = {t: 1.0 for t in batches.datasets} | dict(loss_weights or {})
 
     def loss_fn(m, batch):
         return weights[batch["task"]] * m(batch["task"], batch)["loss"]
 
-    cfg = replace(cfg, metric=metric, mode="max", restore_best=True, batch_size=1, grad_accum_steps=1, shuffle=False,
-                  max_steps=len(batches), epochs=None, find_unused_parameters=True)  # a step trains one head only
-    return train(model, batches, loss_fn, cfg, eval_fn=eval_fn,
+    def evaluate(m):
+        metrics = {f"val_{task}": float(fn(m)) for task, fn in evaluators.items()}
+        return {**metrics, "val_mean": sum(metrics.values()) / len(metrics)}
+
+    cfg = replace(cfg, metric="val_mean", mode="max", restore_best=True, batch_size=1, grad_accum_steps=1,
+                  shuffle=False, max_steps=len(batches), epochs=None,
+                  find_unused_parameters=True)  # under DDP: a step trains one head, the other gets no gradient
+    return train(model, batches, loss_fn, cfg, eval_fn=evaluate,
                  collate_fn=lambda items: {"task": items[0][0], **items[0][1]})

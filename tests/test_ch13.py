@@ -99,7 +99,7 @@ def test_cross_flag_checks_name_the_flags(capsys):
 def test_every_flag_is_explained_and_the_recipes_change_the_sizes():
     for action in ch13.build_parser()._actions:
         assert action.help, f"{action.option_strings} has no help"
-    quick, standard = ch13.parse_args([]), ch13.parse_args(["--recipe", "standard"])
+    quick, standard = ch13.parse_args([]), ch13.parse_args(["heads", "--recipe", "standard"])
     assert (quick.squad_len, quick.stride, standard.squad_len, standard.stride) == (256, 128, 256, 128)
     assert standard.lrs == [5e-5] and standard.sst2_steps == 2089  # 1 epoch of 66,849 sentences in batches of 32
     assert ch13.parse_args(["--sst2-steps", "7"]).sst2_steps == 7
