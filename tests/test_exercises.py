@@ -17,8 +17,8 @@ import torch
 
 from chapters import ch13_language_understanding as ch13
 from chapters.solutions import ch13_mixing, ch13_overfitting, ch13_pooling, ch13_tapt_epochs, ch13_unfreeze_top_k
-from chapters.solutions import split_argv
 from nanoft.bert import BERT, BertConfig
+from nanoft.classification import sentence_classifier
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,12 +58,22 @@ def finite(*values):
 # ---------------------------------------------------------------------------------------------------- chapter 13
 
 
+def test_solutions_use_the_library_not_the_chapter():
+    for path in (REPO / "chapters" / "solutions").glob("ch13_*.py"):
+        text = path.read_text()
+        assert "import ch13" not in text and "from chapters" not in text and "sys.path" not in text, path.name
+        assert text.rstrip().endswith('if __name__ == "__main__":\n    run_main(main)') or path.name == "ch13_common.py"
+
+
 def test_tapt_epochs_runs_and_reports(ch13_args):
-    rows = ch13_tapt_epochs.main(ch13_args + ["--tapt-epochs", "0,1"])
+    rows = ch13_tapt_epochs.main(ch13_args + ["--tapt-epochs", "0,1", "--seeds", "2"])
     assert [r["tapt_epochs"] for r in rows] == [0, 1]
-    assert rows[0]["mlm_steps"] == 0 and rows[1]["mlm_steps"] == 32 // 8  # one pass over 32 sentences in batches of 8
-    assert rows[0]["mlm_seconds"] == 0 and rows[1]["mlm_seconds"] > 0
-    assert all(0 <= r["val_acc"] <= 1 and 0 <= r["dev_acc"] <= 1 and finite(r["finetune_seconds"]) for r in rows)
+    assert rows[0]["mlm_steps"] == 0 and rows[1]["mlm_steps"] == 48 // 8  # one pass over 48 sentences in batches of 8
+    assert rows[0]["mlm_seconds"] == 0 and rows[1]["mlm_seconds"] > 0 and rows[1]["head_steps"] == 2
+    assert rows[0]["mlm_loss_after"] is None and finite(rows[1]["mlm_loss_before"], rows[1]["mlm_loss_after"])
+    for r in rows:  # two fine-tuning seeds: a mean and a spread
+        assert len(r["dev_accs"]) == 2 and r["dev_acc"] == pytest.approx(sum(r["dev_accs"]) / 2)
+        assert finite(r["dev_std"]) and 0 <= r["val_acc"] <= 100 and 0 <= r["dev_acc"] <= 100
     saved = json.loads((Path(ch13_args[-1]) / "exercise_tapt_epochs.json").read_text())
     assert [r["dev_acc"] for r in saved] == [r["dev_acc"] for r in rows]
 
@@ -73,18 +83,22 @@ def test_pooling_runs_both_poolings_full_and_frozen(ch13_args):
     assert [(r["training"].startswith("full"), r["pooling"]) for r in rows] == \
         [(True, "cls"), (True, "mean"), (False, "cls"), (False, "mean")]
     assert [r["lr"] for r in rows] == [1e-4, 1e-4, 1e-3, 1e-3]  # --lr for full fine-tuning, --head-lr when frozen
-    assert all(0 <= r["val_acc"] <= 1 and 0 <= r["dev_acc"] <= 1 and finite(r["seconds"]) for r in rows)
+    assert [r["steps"] for r in rows] == [4, 4, 4, 4]  # smoke: --steps 4, --frozen-steps 4
+    assert all(0 <= r["val_acc"] <= 100 and 0 <= r["dev_acc"] <= 100 and finite(r["seconds"]) for r in rows)
 
 
 def test_unfreezing_the_top_k_layers_trains_exactly_those(ch13_args):
     rows = ch13_unfreeze_top_k.main(ch13_args + ["--k", "0,1,2,full"])
     encoder = BERT.from_pretrained(ch13_args[ch13_args.index("--model") + 1])
-    count = lambda modules: sum(p.numel() for m in modules for p in m.parameters())
+    count = lambda modules: sum(p.numel() for m in modules for p in m.parameters())  # noqa: E731
     head = 32 * 2 + 2  # the linear classifier, hidden 32 -> 2 labels
     expected = [head, head + count([encoder.layers[1], encoder.pooler]),
                 head + count([*encoder.layers, encoder.pooler]), head + encoder.num_parameters()]
     assert [r["trainable"] for r in rows] == expected  # head only < top 1 < top 2 < everything
-    assert all(0 <= r["dev_acc"] <= 1 and finite(r["seconds"]) for r in rows)
+    assert [r["lr"] for r in rows] == [1e-3, 1e-4, 1e-4, 1e-4]  # --head-lr for the head alone
+    assert all(0 <= r["dev_acc"] <= 100 and finite(r["seconds"]) for r in rows)
+    mean = ch13_unfreeze_top_k.main(ch13_args + ["--k", "1", "--pooling", "mean", "--steps", "1"])
+    assert mean[0]["trainable"] == head + count([encoder.layers[1]])  # mean pooling never calls the pooler
 
 
 def test_mixing_temperature_flattens_towards_round_robin(ch13_args):
@@ -95,9 +109,9 @@ def test_mixing_temperature_flattens_towards_round_robin(ch13_args):
     assert p[0] < p[1] < p[2] == 0.5  # T=2 gives the small task more than proportional, round-robin half
     assert p[0] == pytest.approx(rows[0]["sst2_batches"] / (rows[0]["sst2_batches"] + rows[0]["squad_batches"]))
     for r in rows:
-        assert r["sst2_steps"] + r["squad_steps"] == 4 + 2  # the two single-task runs' steps (smoke: 4 and 2)
-        assert 0 <= r["dev_acc"] <= 1 and 0 <= r["em"] <= r["f1"] + 1e-9 <= 100 + 1e-9
-    assert rows[2]["sst2_steps"] == rows[2]["squad_steps"]  # round-robin: turns
+        assert r["sst2_steps"] + r["squad_steps"] == 6  # smoke: --steps 6 per run, both tasks together
+        assert 0 <= r["dev_acc"] <= 100 and 0 <= r["em"] <= r["f1"] + 1e-9 <= 100 + 1e-9
+    assert rows[2]["sst2_steps"] == rows[2]["squad_steps"] == 3  # round-robin: turns
 
 
 def test_no_regularization_on_a_tiny_set_overfits(ch13_args):
@@ -110,15 +124,27 @@ def test_no_regularization_on_a_tiny_set_overfits(ch13_args):
     # 16 sentences seen 15 times: the training loss ends far below the validation loss
     assert none["train_loss"] < 0.5 * none["val_loss"]
     assert all(finite(r["train_loss"], r["val_loss"], r["dev_acc"]) for r in rows)
+    assert (Path(ch13_args[-1]) / "exercise_overfitting.json").exists()
 
 
-def test_set_dropout_reaches_every_dropout(ch13_args):
-    model = ch13.sst2_model(BERT(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                            intermediate_size=32)), ch13.parse_args(["--model", "unused"]))
+def test_set_dropout_reaches_every_dropout():
+    model = sentence_classifier(BERT(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2,
+                                                num_attention_heads=2, intermediate_size=32)))
     ch13_overfitting.set_dropout(model, 0.3)
     ps = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
     assert len(ps) >= 1 + 2 * 2 + 1  # at least: embeddings, attention output and MLP of both layers, the head
     assert set(ps) == {0.3} and {m.attn_dropout for m in model.modules() if hasattr(m, "attn_dropout")} == {0.3}
+
+
+@pytest.mark.parametrize("module, argv", [(ch13_pooling, ["--steps", "0"]), (ch13_tapt_epochs, ["--tapt-labels", "-1"]),
+                                          (ch13_unfreeze_top_k, ["--k", "0,two"]),
+                                          (ch13_mixing, ["--mixes", "temperature:0"]),
+                                          (ch13_overfitting, ["--strong-dropout", "1.5"]),
+                                          (ch13_mixing, ["--smoke", "--stride", "64"])])
+def test_solutions_refuse_impossible_flags_with_one_usage_line(module, argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        module.main(argv)
+    assert e.value.code == 2 and "error:" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------- the text
@@ -141,9 +167,7 @@ def test_every_exercise_has_its_parts_and_its_commands_parse(chapter):
     commands = run_commands(text)
     assert len(commands) >= n
     for cmd in commands:
-        if cmd[1] == "-m":  # a solution: its own flags, then the rest for the chapter script
-            module = __import__(cmd[2], fromlist=["main"])
-            _, rest = split_argv(module.build_parser(), cmd[3:], [])
-        else:
-            rest = cmd[2:]
-        ch13.parse_args(rest)
+        if cmd[1] == "-m":  # a solution: every flag is its own
+            __import__(cmd[2], fromlist=["build_parser"]).build_parser().parse_args(cmd[3:])
+        else:  # the chapter script
+            ch13.parse_args(cmd[2:])

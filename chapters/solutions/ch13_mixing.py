@@ -1,61 +1,114 @@
 """Chapter 13, exercise 4: how should a multi-task run mix its tasks? Temperature 1 (proportional to the number of
-batches), temperature 2, and round-robin, on a small SST-2 (500 sentences) beside the chapter's SQuAD subset, so the
-two tasks differ in size by ten times and the mixing decides how often the small one is seen.
+batches), temperature 2, and round-robin, on a small SST-2 (500 sentences) beside a SQuAD subset several times
+larger, so the mixing decides how often the small task is seen. Every run: one shared encoder, both heads, the same
+total steps, lr and seed; only the task sampler changes.
 
     python -m chapters.solutions.ch13_mixing --data-dir ../shared/data
-    python -m chapters.solutions.ch13_mixing --data-dir ../shared/data --sst2-train 4000   # the chapter's sizes
+    python -m chapters.solutions.ch13_mixing --data-dir ../shared/data --sst2-train 4000   # tasks of similar size
 """
+import argparse
+import copy
 import math
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file from a clone, too
+from .ch13_common import base_parser, note_sample, parse_flags, start, timed
+from nanoft import seed_everything
+from nanoft.batching import Collate
+from nanoft.classification import evaluate_accuracy, load_sst2
+from nanoft.cli import nonneg_int, positive_int, run_main
+from nanoft.extractive_qa import evaluate_qa, load_squad
+from nanoft.heads import ClassificationHead, MultiTaskModel, SpanHead
+from nanoft.mixing import STRATEGIES, MultiTaskBatches, fine_tune_multitask, task_probabilities
+from nanoft.report import print_table, save_rows
 
-from chapters import ch13_language_understanding as ch13
-from chapters.solutions import CH13_SMOKE, ch13_setup, print_table, save_rows, solution_parser, split_argv
-from nanoft.mixing import task_probabilities, task_schedule
 
-DEFAULTS = ["--sst2-train", "500"]  # ~16 SST-2 batches against ~170 SQuAD batches at the chapter's sizes
-SMOKE = CH13_SMOKE + ["--sst2-train", "16"]  # unequal at the smoke size too
+def mix_list(text):
+    """Comma-separated strategies, a temperature after a colon: "temperature:1,temperature:2,round_robin"
+    -> [("temperature", 1.0), ("temperature", 2.0), ("round_robin", None)]."""
+    mixes = []
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        strategy, _, t = item.partition(":")
+        if strategy not in STRATEGIES:
+            raise argparse.ArgumentTypeError(f"{item!r}: the strategies are {', '.join(STRATEGIES)}")
+        try:
+            temperature = float(t) if t else (2.0 if strategy == "temperature" else None)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r}: the temperature after ':' must be a number") from None
+        if temperature is not None and not temperature > 0:
+            raise argparse.ArgumentTypeError(f"{item!r}: the temperature must be > 0 (1 = proportional)")
+        mixes.append((strategy, temperature))
+    if not mixes:
+        raise argparse.ArgumentTypeError(f"{text!r} names no strategy: e.g. temperature:1,round_robin")
+    return mixes
+
+
+def mix_name(strategy, temperature):
+    return f"{strategy}:{temperature:g}" if strategy == "temperature" else strategy
 
 
 def build_parser():
-    p = solution_parser(__doc__, "ch13_language_understanding.py")
-    p.add_argument("--mixes", default="temperature:1,temperature:2,round_robin",
-                   help="comma-separated strategies, a temperature after a colon")
-    p.add_argument("--lr", type=float, default=1e-4,
-                   help="lr of every multi-task run (the middle of the chapter's sweep; pass its winner)")
+    # ~16 SST-2 batches against ~130 SQuAD batches; --steps: all optimizer steps of one multi-task run, both tasks
+    p = base_parser(__doc__, sst2_train=500, steps=150, evals=3)
+    p.add_argument("--mixes", type=mix_list, default="temperature:1,temperature:2,round_robin",
+                   help="comma-separated strategies (proportional, temperature, round_robin), a temperature after ':'")
+    g = p.add_argument_group("SQuAD")
+    g.add_argument("--squad-questions", type=nonneg_int, default=2000,
+                   help="SQuAD training questions (a seeded subset of the training articles; 0 = all)")
+    g.add_argument("--squad-len", type=positive_int, default=256, help="tokens per SQuAD window (question + context)")
+    g.add_argument("--stride", type=positive_int, default=128, help="context tokens shared by neighbouring windows")
+    g.add_argument("--squad-val", type=positive_int, default=200, help="SQuAD validation questions (held-out articles)")
+    g.add_argument("--eval-questions", type=nonneg_int, default=500,
+                   help="eval questions of the final EM/F1 (0 = all)")
+    g.add_argument("--squad-batch-size", type=positive_int, default=16, help="SQuAD windows per step")
     return p
 
 
 def main(argv=None):
-    own, chapter_argv = split_argv(build_parser(), argv, SMOKE, DEFAULTS)
-    args, tok, encoder = ch13_setup(chapter_argv)
-    sst2, squad_data = ch13.load_sst2(args, tok), ch13.load_squad(args, tok)
-    sst2_steps = ch13.steps_for(args, args.sst2_steps, len(sst2["train"]), args.batch_size)
-    squad_steps = ch13.steps_for(args, args.squad_steps, len(squad_data["train"]), args.squad_batch_size)
-    sizes = {"sst2": math.ceil(len(sst2["train"]) / args.batch_size),
-             "squad": math.ceil(len(squad_data["train"]) / args.squad_batch_size)}
+    p = build_parser()
+    args = parse_flags(p, argv, smoke=dict(sst2_train=16, steps=6, evals=1, squad_questions=12, squad_len=64,
+                                            stride=16, squad_val=4, eval_questions=6, squad_batch_size=4))
+    if args.stride >= args.squad_len:
+        p.error(f"--stride {args.stride} must be smaller than --squad-len {args.squad_len}")
+    run, _, tok, encoder = start(args)
+    sst2 = load_sst2(tok, args.max_len, args.sst2_train, args.sst2_val, args.sst2_dev, args.seed, args.data_dir)
+    squad = load_squad(tok, args.squad_len, args.stride, args.squad_questions, args.squad_val, args.eval_questions,
+                       args.seed, args.data_dir)
+    datasets = {"sst2": sst2["train"], "squad": squad["train"]}
+    batch_sizes = {"sst2": min(args.batch_size, len(sst2["train"])), "squad": args.squad_batch_size}
+    sizes = {t: math.ceil(len(d) / batch_sizes[t]) for t, d in datasets.items()}  # as MultiTaskBatches counts
+    print(f"SST-2 {len(sst2['train']):,} sentences, SQuAD {len(squad['train_examples']):,} questions -> "
+          f"{len(squad['train']):,} windows: {sizes['sst2']} against {sizes['squad']} batches")
+
+    def evaluate(m):  # both validation metrics in percent, and their mean for the best weights
+        acc = evaluate_accuracy(m, sst2["val"], "sst2")
+        f1 = evaluate_qa(m, squad["val_examples"], squad["val"], "squad")["f1"]
+        return {"val_sst2_acc": acc, "val_squad_f1": f1, "val_mean": (acc + f1) / 2}
+
     rows = []
-    for mix in own.mixes.split(","):
-        args.mix, _, t = mix.partition(":")
-        args.temperature = float(t or 2.0)
-        # the schedule multi_task will follow (same sizes, steps and seed): how many steps each task gets
-        p = task_probabilities(sizes, args.mix, args.temperature)
-        schedule = task_schedule(sizes, args.mix, args.temperature, sst2_steps + squad_steps, args.seed)
-        model, seconds = ch13.multi_task(encoder, sst2, squad_data, args, own.lr, sst2_steps, squad_steps)
-        scores = ch13.squad_scores(model, squad_data["eval_examples"], squad_data["eval"], args)
-        rows.append(dict(mix=mix, sst2_batches=sizes["sst2"], squad_batches=sizes["squad"], p_sst2=p["sst2"],
-                         sst2_steps=schedule.count("sst2"),
-                         squad_steps=schedule.count("squad"), dev_acc=ch13.sst2_accuracy(model, sst2["dev"]),
-                         em=scores["exact_match"], f1=scores["f1"], seconds=seconds))
+    for strategy, temperature in args.mixes:
+        name = mix_name(strategy, temperature)
+        batches = MultiTaskBatches(datasets, batch_sizes, strategy, temperature or 1.0, num_steps=args.steps,
+                                   seed=args.seed, collate_fn=Collate())
+        steps = {t: batches.schedule.count(t) for t in datasets}
+        print(f"\n# {name}: {steps['sst2']} SST-2 and {steps['squad']} SQuAD steps, lr {args.lr:g}")
+        seed_everything(args.seed)  # the same heads for every mix
+        H = encoder.config.hidden_size
+        model = MultiTaskModel(copy.deepcopy(encoder), {"sst2": ClassificationHead(H, 2), "squad": SpanHead(H)})
+        _, seconds = timed(fine_tune_multitask, model, batches, evaluate, "val_mean",
+                                  run.config(args.steps, args.lr, 1))
+        scores = evaluate_qa(model, squad["eval_examples"], squad["eval"], "squad")
+        rows.append(dict(mix=name, sst2_batches=sizes["sst2"], squad_batches=sizes["squad"],
+                         p_sst2=task_probabilities(sizes, strategy, temperature or 1.0)["sst2"],
+                         sst2_steps=steps["sst2"], squad_steps=steps["squad"],
+                         dev_acc=evaluate_accuracy(model, sst2["dev"], "sst2"), em=scores["exact_match"],
+                         f1=scores["f1"], seconds=seconds))
     print_table(rows, [("mix", "mix", "{}"), ("p(sst2)", "p_sst2", "{:.2f}"), ("SST-2 steps", "sst2_steps", "{}"),
-                       ("SQuAD steps", "squad_steps", "{}"), ("SST-2 dev acc", "dev_acc", "{:.1%}"),
+                       ("SQuAD steps", "squad_steps", "{}"), ("SST-2 dev acc", "dev_acc", "{:.1f}%"),
                        ("SQuAD EM", "em", "{:.1f}"), ("SQuAD F1", "f1", "{:.1f}"), ("seconds", "seconds", "{:.0f}")])
-    print(f"(task sizes in batches: {sizes}; {sst2['label']}; {squad_data['label']})")
-    save_rows(rows, args.out_dir, "exercise_mixing")
+    print(f"(task sizes in batches: {sizes}; {sst2['label']}; {squad['label']})")
+    note_sample(sst2, squad)
+    print(f"Written: {save_rows(rows, args.out_dir, 'exercise_mixing')}")
     return rows
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

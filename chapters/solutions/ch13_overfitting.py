@@ -5,29 +5,29 @@ loss on the training sentences and on the validation sentences: where they part,
     python -m chapters.solutions.ch13_overfitting --data-dir ../shared/data
 """
 import copy
-import sys
-from pathlib import Path
+import os
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file from a clone, too
-
-from chapters import ch13_language_understanding as ch13
-from chapters.solutions import CH13_SMOKE, ch13_sst2_setup, print_table, save_rows, solution_parser, split_argv
-from nanoft.sst2 import Collate, eval_batches
-
-# 256 sentences = 8 batches, so 120 steps are 15 epochs; 12 evaluations draw the curves; no early stopping
-DEFAULTS = ["--sst2-train", "256", "--sst2-steps", "120", "--evals", "12", "--patience", "1000"]
-SMOKE = CH13_SMOKE + ["--sst2-train", "16", "--sst2-steps", "30", "--evals", "5"]
+from .ch13_common import base_parser, note_sample, parse_flags, start, timed
+from nanoft import seed_everything
+from nanoft.batching import Collate
+from nanoft.classification import evaluate_accuracy, load_sst2, predict_logits, sentence_classifier
+from nanoft.cli import fraction, nonneg_float, run_main
+from nanoft.report import print_table, save_rows
+from nanoft.train import train
 
 
 def build_parser():
-    p = solution_parser(__doc__, "ch13_language_understanding.py")
-    p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning lr (the middle of the chapter's sweep)")
-    p.add_argument("--strong-dropout", type=float, default=0.3,
+    # 256 sentences = 8 batches of 32, so 120 steps are 15 epochs; 12 evaluations draw the curves
+    p = base_parser(__doc__, sst2_train=256, steps=120, evals=12)
+    p.add_argument("--dropout", type=fraction, default=0.1,
+                   help="'chapter': the head's dropout (the encoder keeps its checkpoint's 0.1)")
+    p.add_argument("--strong-dropout", type=fraction, default=0.3,
                    help="'strong': dropout everywhere (encoder hidden states, attention, head)")
-    p.add_argument("--strong-weight-decay", type=float, default=0.1, help="'strong': AdamW weight decay")
+    p.add_argument("--strong-weight-decay", type=nonneg_float, default=0.1, help="'strong': AdamW weight decay")
     return p
 
 
@@ -36,20 +36,15 @@ def set_dropout(model, p):
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = p
-        if hasattr(m, "attn_dropout"):  # nanoft.bert.SelfAttention passes it to scaled_dot_product_attention
+        if hasattr(m, "attn_dropout"):  # nanoft.bert.SelfAttention passes it to the attention kernel
             m.attn_dropout = p
     return model
 
 
-@torch.no_grad()
 def mean_loss(model, features):
     """Cross-entropy averaged over sentences, in eval mode (no dropout): train and val measured the same way."""
-    total, n = 0.0, 0
-    for batch in eval_batches(features):
-        batch = {k: v.to(ch13.device_of(model)) for k, v in batch.items()}
-        total += model("sst2", batch)["loss"].item() * len(batch["labels"])
-        n += len(batch["labels"])
-    return total / n
+    logits = predict_logits(model, features)  # (N, 2), in the features' order
+    return F.cross_entropy(logits, torch.tensor([f["labels"] for f in features])).item()
 
 
 def plot(curves, path):
@@ -65,52 +60,63 @@ def plot(curves, path):
         ax.plot(steps, [p["train_loss"] for p in points], "--", color=color, label=f"{name}: train")
         ax.plot(steps, [p["val_loss"] for p in points], "o-", color=color, label=f"{name}: validation")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy")
+    ax.set_ylabel("cross-entropy (eval mode)")
     ax.grid(True, alpha=0.3)
     ax.legend()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
-    print(f"Plot: {path}")
     return path
 
 
 def main(argv=None):
-    own, chapter_argv = split_argv(build_parser(), argv, SMOKE, DEFAULTS)
-    args, tok, encoder, sst2, steps = ch13_sst2_setup(chapter_argv)
+    args = parse_flags(build_parser(), argv, smoke=dict(sst2_train=16, steps=30, evals=5))
+    run, _, tok, encoder = start(args)
+    sst2 = load_sst2(tok, args.max_len, args.sst2_train, args.sst2_val, args.sst2_dev, args.seed, args.data_dir)
+    batch_size = min(args.batch_size, len(sst2["train"]))
     settings = [("none", 0.0, 0.0), ("chapter", args.dropout, args.weight_decay),
-                ("strong", own.strong_dropout, own.strong_weight_decay)]
+                ("strong", args.strong_dropout, args.strong_weight_decay)]
 
-    def eval_fn(model):
-        return {"val_acc": ch13.sst2_accuracy(model, sst2["val"]), "val_loss": mean_loss(model, sst2["val"]),
+    def evaluate(model):  # both losses and the accuracy, every --steps/--evals steps
+        return {"val_acc": evaluate_accuracy(model, sst2["val"]), "val_loss": mean_loss(model, sst2["val"]),
                 "train_loss": mean_loss(model, sst2["train"])}
 
     rows, curves = [], {}
     for name, dropout, weight_decay in settings:
         print(f"\nSST-2, regularization '{name}': dropout {dropout:g}, weight decay {weight_decay:g}, "
-              f"{steps} steps on {len(sst2['train'])} sentences, lr {own.lr:g}")
-        args.weight_decay = weight_decay  # read by ch13.fine_tune
-        ch13.seed_everything(args.seed)
-        model = set_dropout(ch13.sst2_model(copy.deepcopy(encoder), args), dropout)
-        seconds, result = ch13.fine_tune(model, sst2["train"], ch13.task_loss("sst2"), eval_fn, args, own.lr, steps,
-                                         args.batch_size, Collate(), "val_acc")
-        curves[name] = [r for r in result.history if r["type"] == "eval"]
+              f"{args.steps} steps on {len(sst2['train'])} sentences, lr {args.lr:g}")
+        seed_everything(args.seed)  # the same head init and data order for every setting
+        model = sentence_classifier(copy.deepcopy(encoder))
+        if name != "chapter":
+            set_dropout(model, dropout)  # everywhere; "chapter" keeps the checkpoint's encoder dropout
+        else:
+            model.heads["sst2"].dropout.p = dropout
+        # no early stopping (patience None): the curves run to the end; the weights of the best val_acc are kept
+        cfg = run.config(args.steps, args.lr, batch_size, weight_decay=weight_decay, metric="val_acc", mode="max",
+                         restore_best=True)
+        result, seconds = timed(train, model, sst2["train"], lambda m, b: m("sst2", b)["loss"], cfg,
+                                       eval_fn=evaluate, collate_fn=Collate())
+        curves[name] = [{k: r[k] for k in ("step", "train_loss", "val_loss", "val_acc")}
+                        for r in result.history if r["type"] == "eval"]
         last, lowest = curves[name][-1], min(curves[name], key=lambda r: r["val_loss"])
         rows.append(dict(setting=name, dropout=dropout, weight_decay=weight_decay, train_loss=last["train_loss"],
                          val_loss=last["val_loss"], min_val_loss=lowest["val_loss"], min_val_step=lowest["step"],
-                         best_val_acc=result.best_metric, dev_acc=ch13.sst2_accuracy(model, sst2["dev"]),
+                         best_val_acc=result.best_metric, dev_acc=evaluate_accuracy(model, sst2["dev"]),
                          seconds=seconds, curve=curves[name]))
         print_table(curves[name], [("step", "step", "{}"), ("train loss", "train_loss", "{:.3f}"),
-                                   ("val loss", "val_loss", "{:.3f}"), ("val acc", "val_acc", "{:.1%}")])
+                                   ("val loss", "val_loss", "{:.3f}"), ("val acc", "val_acc", "{:.1f}%")])
     print_table(rows, [("regularization", "setting", "{}"), ("dropout", "dropout", "{:g}"),
                        ("wd", "weight_decay", "{:g}"), ("final train loss", "train_loss", "{:.3f}"),
                        ("final val loss", "val_loss", "{:.3f}"), ("lowest val loss", "min_val_loss", "{:.3f}"),
-                       ("at step", "min_val_step", "{}"), ("best val acc", "best_val_acc", "{:.1%}"),
-                       ("dev acc", "dev_acc", "{:.1%}"), ("seconds", "seconds", "{:.0f}")])
+                       ("at step", "min_val_step", "{}"), ("best val acc", "best_val_acc", "{:.1f}%"),
+                       ("dev acc", "dev_acc", "{:.1f}%"), ("seconds", "seconds", "{:.0f}")])
     print(f"(losses in eval mode, so dropout does not inflate the training loss; dev acc: the weights of the best "
           f"validation accuracy, as in the chapter; {sst2['label']})")
-    save_rows(rows, args.out_dir, "exercise_overfitting")
-    plot(curves, str(Path(args.out_dir) / "exercise_overfitting.png"))
+    note_sample(sst2)
+    paths = [save_rows(rows, args.out_dir, "exercise_overfitting"),
+             plot(curves, os.path.join(args.out_dir, "exercise_overfitting.png"))]
+    print("Written: " + ", ".join(p for p in paths if p))
     return rows
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

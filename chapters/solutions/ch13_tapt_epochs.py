@@ -1,52 +1,99 @@
-"""Chapter 13, exercise 1: how much task-adaptive pre-training pays? 0, 1 and 3 epochs of masked LM on SST-2's
-training sentences, each followed by exactly the same fine-tuning (lr, steps, batches, head init).
+"""Chapter 13, exercise 1: how much task-adaptive pre-training is enough? 0, 1 and 3 epochs of masked LM on a pool
+of unlabelled SST-2 training sentences, each followed by exactly the same fine-tuning on a few labelled sentences of
+that pool (lr, steps, batches, head init), as in the chapter's TAPT comparison.
 
     python -m chapters.solutions.ch13_tapt_epochs --data-dir ../shared/data
-    python -m chapters.solutions.ch13_tapt_epochs --data-dir ../shared/data --tapt-epochs 0,1,3 --lr 1e-4
+    python -m chapters.solutions.ch13_tapt_epochs --data-dir ../shared/data --tapt-epochs 0,1,3 --seeds 3
 """
+import argparse
 import copy
-import sys
-from pathlib import Path
+import statistics
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file from a clone, too
+from .ch13_common import base_parser, note_sample, parse_flags, start, timed
+from nanoft import BertForMaskedLM, seed_everything
+from nanoft.classification import evaluate_accuracy, fine_tune_classifier, load_sst2, sentence_classifier, subset
+from nanoft.cli import nonneg_int, positive_float, positive_int, run_main
+from nanoft.mlm import continue_pretraining
+from nanoft.report import print_table, save_rows
 
-from chapters import ch13_language_understanding as ch13
-from chapters.solutions import CH13_SMOKE, ch13_sst2_setup, print_table, save_rows, solution_parser, split_argv
+
+def epoch_list(text):
+    """Comma-separated masked-LM epochs (integers >= 0), e.g. "0,1,3"."""
+    try:
+        epochs = [int(e) for e in text.split(",") if e.strip()]
+    except ValueError:
+        epochs = []
+    if not epochs or min(epochs) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated epochs >= 0, e.g. 0,1,3")
+    return epochs
 
 
 def build_parser():
-    p = solution_parser(__doc__, "ch13_language_understanding.py")
-    p.add_argument("--tapt-epochs", default="0,1,3", help="masked-LM passes over the SST-2 training sentences")
-    p.add_argument("--lr", type=float, default=1e-4,
-                   help="fine-tuning lr for every run (the middle of the chapter's sweep; pass its winner)")
+    p = base_parser(__doc__, steps=150)
+    p.add_argument("--tapt-epochs", type=epoch_list, default="0,1,3",
+                   help="masked-LM passes over the unlabelled pool (--sst2-train sentences, labels unused)")
+    p.add_argument("--tapt-labels", type=positive_int, default=1000,
+                   help="labelled sentences of the pool that the fine-tuning sees (TAPT helps where labels are few)")
+    p.add_argument("--head-steps", type=nonneg_int, default=100,
+                   help="masked-LM steps that train the fresh MLM head alone, encoder frozen, before each TAPT run")
+    p.add_argument("--tapt-lr", type=positive_float, default=1e-4, help="masked-LM lr")
+    p.add_argument("--seeds", type=positive_int, default=1,
+                   help="fine-tuning seeds (labelled subset, head init, data order) per TAPT setting: mean ± std")
     return p
 
 
 def main(argv=None):
-    own, chapter_argv = split_argv(build_parser(), argv, CH13_SMOKE)
-    args, tok, encoder, sst2, steps = ch13_sst2_setup(chapter_argv)
-    steps_per_epoch = max(1, len(sst2["train"]) // args.batch_size)
+    args = parse_flags(build_parser(), argv, smoke=dict(tapt_labels=16, head_steps=2))
+    run, model_dir, tok, encoder = start(args)
+    sst2 = load_sst2(tok, args.max_len, args.sst2_train, args.sst2_val, args.sst2_dev, args.seed, args.data_dir)
+    pool, val_ids = [f["input_ids"] for f in sst2["train"]], [f["input_ids"] for f in sst2["val"]]
+    steps_per_epoch = max(1, len(pool) // args.batch_size)
+    print(f"SST-2: an unlabelled pool of {len(pool):,} training sentences ({steps_per_epoch} masked-LM steps of "
+          f"{args.batch_size} per epoch), {min(args.tapt_labels, len(pool)):,} of them labelled for fine-tuning, "
+          f"{len(sst2['val'])} for validation, {len(sst2['dev'])} dev")
     rows = []
-    for epochs in [int(e) for e in own.tapt_epochs.split(",")]:
+    for epochs in args.tapt_epochs:
+        mlm_steps, before, after, mlm_seconds = epochs * steps_per_epoch, None, None, 0.0
         if epochs == 0:
-            adapted, mlm_seconds = encoder, 0.0  # the pretrained encoder as it is: the chapter's "no TAPT"
+            adapted = encoder  # the pretrained encoder as it is: "no TAPT"
         else:
-            args.tapt_steps = epochs * steps_per_epoch
-            adapted, mlm_seconds = ch13.task_adaptive_pretraining(args, tok, sst2)
-        print(f"Fine-tuning after {epochs} epoch(s) of TAPT: lr {own.lr:g}, {steps} steps")
-        ch13.seed_everything(args.seed)  # the same head init and data order for every run
-        model = ch13.sst2_model(copy.deepcopy(adapted), args)
-        seconds, result = ch13.fine_tune_on_sst2(model, sst2, args, own.lr, steps)
-        rows.append(dict(tapt_epochs=epochs, mlm_steps=epochs * steps_per_epoch, val_acc=result.best_metric,
-                         dev_acc=ch13.sst2_accuracy(model, sst2["dev"]), mlm_seconds=mlm_seconds,
-                         finetune_seconds=seconds))
+            seed_everything(args.seed)  # the same fresh MLM head for every TAPT run
+            mlm = BertForMaskedLM.from_pretrained(model_dir)  # all-MiniLM-L6-v2 has no MLM head: a fresh one
+            out, mlm_seconds = timed(continue_pretraining, mlm, pool, val_ids, tok,
+                                            run.config(mlm_steps, args.tapt_lr, args.batch_size,
+                                                       group_by_length=True, eval_every=0),
+                                            head_steps=args.head_steps, seed=args.seed)
+            before, after, adapted = out["val_loss_before"], out["val_loss_after"], mlm.bert.cpu()
+            print(f"TAPT {epochs} epoch(s): {args.head_steps} head-only + {mlm_steps} masked-LM steps; validation "
+                  f"masked-LM loss {before:.2f} -> {after:.2f}; {mlm_seconds:.0f} s")
+        val_accs, dev_accs, seconds = [], [], 0.0
+        for s in range(args.seeds):
+            labelled = subset(sst2["train"], args.tapt_labels, seed=args.seed + s)
+            seed_everything(args.seed + s)  # the same head init and data order for every TAPT setting
+            model = sentence_classifier(copy.deepcopy(adapted))
+            cfg = run.config(args.steps, args.lr, min(args.batch_size, len(labelled)), seed=args.seed + s)
+            result, t = timed(fine_tune_classifier, model, labelled, sst2["val"], cfg)
+            val_accs.append(result.best_metric)
+            dev_accs.append(evaluate_accuracy(model, sst2["dev"]))
+            seconds += t
+        print(f"  fine-tuned on {len(labelled):,} labels, {args.steps} steps, lr {args.lr:g}: dev accuracy "
+              + ", ".join(f"{a:.1f}%" for a in dev_accs))
+        rows.append(dict(tapt_epochs=epochs, mlm_steps=mlm_steps, head_steps=args.head_steps if epochs else 0,
+                         mlm_loss_before=before, mlm_loss_after=after, val_acc=statistics.mean(val_accs),
+                         dev_acc=statistics.mean(dev_accs),
+                         dev_std=statistics.stdev(dev_accs) if len(dev_accs) > 1 else None, dev_accs=dev_accs,
+                         mlm_seconds=mlm_seconds, finetune_seconds=seconds))
     print_table(rows, [("TAPT epochs", "tapt_epochs", "{}"), ("MLM steps", "mlm_steps", "{}"),
-                       ("val acc", "val_acc", "{:.1%}"), ("dev acc", "dev_acc", "{:.1%}"),
-                       ("MLM s", "mlm_seconds", "{:.0f}"), ("fine-tune s", "finetune_seconds", "{:.0f}")])
-    print(f"({sst2['label']}; the masked-LM loss before and after each TAPT run is printed above)")
-    save_rows(rows, args.out_dir, "exercise_tapt_epochs")
+                       ("MLM loss before", "mlm_loss_before", "{:.2f}"), ("after", "mlm_loss_after", "{:.2f}"),
+                       ("val acc", "val_acc", "{:.1f}%"), ("dev acc", "dev_acc", "{:.1f}%"),
+                       ("± std", "dev_std", "{:.1f}"), ("MLM s", "mlm_seconds", "{:.0f}"),
+                       ("fine-tune s", "finetune_seconds", "{:.0f}")])
+    print(f"({sst2['label']}; accuracies are means over {args.seeds} fine-tuning seed(s); masked-LM losses on the "
+          "validation sentences, with masks drawn once)")
+    note_sample(sst2)
+    print(f"Written: {save_rows(rows, args.out_dir, 'exercise_tapt_epochs')}")
     return rows
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
