@@ -67,6 +67,9 @@ def load_sst2(tokenizer, max_len=64, n_train=0, n_val=500, n_dev=0, seed=0, data
     train_file = dataset_path("sst2/train.tsv", data_dir)
     dev_file = dataset_path("sst2/dev.tsv", data_dir)
     rows = read_sst2(train_file.path)
+    if len(rows) < 2:
+        raise ValueError(f"{train_file.path} holds {len(rows)} sentence(s): fine-tuning needs at least 2, one of them "
+                         "held out for validation; give a train.tsv with more rows")
     train_rows, val_rows = carve_validation(rows, min(n_val, max(1, len(rows) // 5)), seed)  # a sample is small
     train_rows = subset(train_rows, n_train, seed)
     dev_rows = read_sst2(dev_file.path)
