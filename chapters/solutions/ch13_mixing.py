@@ -78,10 +78,8 @@ def main(argv=None):
     print(f"SST-2 {len(sst2['train']):,} sentences, SQuAD {len(squad['train_examples']):,} questions -> "
           f"{len(squad['train']):,} windows: {sizes['sst2']} against {sizes['squad']} batches")
 
-    def evaluate(m):  # both validation metrics in percent, and their mean for the best weights
-        acc = evaluate_accuracy(m, sst2["val"], "sst2")
-        f1 = evaluate_qa(m, squad["val_examples"], squad["val"], "squad")["f1"]
-        return {"val_sst2_acc": acc, "val_squad_f1": f1, "val_mean": (acc + f1) / 2}
+    evaluators = {"sst2": lambda m: evaluate_accuracy(m, sst2["val"], "sst2"),  # validation, in percent; their
+                  "squad": lambda m: evaluate_qa(m, squad["val_examples"], squad["val"], "squad")["f1"]}  # mean wins
 
     rows = []
     for strategy, temperature in args.mixes:
@@ -93,8 +91,8 @@ def main(argv=None):
         seed_everything(args.seed)  # the same heads for every mix
         H = encoder.config.hidden_size
         model = MultiTaskModel(copy.deepcopy(encoder), {"sst2": ClassificationHead(H, 2), "squad": SpanHead(H)})
-        _, seconds = timed(fine_tune_multitask, model, batches, evaluate, "val_mean",
-                                  run.config(args.steps, args.lr, 1))
+        _, seconds = timed(fine_tune_multitask, model, batches, evaluators,
+                           run.config(args.steps, args.lr, 1))
         scores = evaluate_qa(model, squad["eval_examples"], squad["eval"], "squad")
         rows.append(dict(mix=name, sst2_batches=sizes["sst2"], squad_batches=sizes["squad"],
                          p_sst2=task_probabilities(sizes, strategy, temperature or 1.0)["sst2"],
