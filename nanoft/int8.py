@@ -11,7 +11,8 @@ Decoding one token reads every weight once, so on a CPU it waits on memory, not 
 times fewer bytes to read than fp32. torch._weight_int8pack_mm multiplies by the int8 weight directly (CPU, x in
 fp32/bf16/fp16); the fallback dequantizes the layer's weight and calls F.linear. A third kernel, "fbgemm"
 (torch.ops.quantized.linear_dynamic), is not weight-only: it also rounds each call's activations to int8 (one scale
-per call) and multiplies int8 by int8. bench/bench_quant.py times all three.
+per call) and multiplies int8 by int8; torch has deprecated the quantized tensors it packs its weight into, so it is
+here as a point of comparison only. bench/bench_quant.py times all three.
 """
 import torch
 import torch.nn.functional as F

@@ -1,6 +1,8 @@
 """NF4 and int8 against real references: bitsandbytes (its CPU NF4 and its 8-bit dynamic code), torchao's NF4Tensor,
 torch's int8 weight-only matmul; gradcheck of the frozen layers; loading a checkpoint straight into 4 bits; QLoRA and
 QAT. Tiny tensors and models: the file runs in seconds."""
+import warnings
+
 import pytest
 import torch
 
@@ -153,7 +155,8 @@ def test_int8_matmul_equals_dequantize_then_matmul(dtype):
     layer = Int8Linear(w, bias)
     assert torch.equal(layer(x), fast)
     if dtype == torch.float32:  # fbgemm rounds the activations to int8 too: within that rounding of the reference
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch deprecates the quantized tensor type fbgemm's packing uses
             w8a8 = Int8Linear(w, bias, kernel="fbgemm")(x)
         step = x.abs().max() / 127  # one int8 step of the activations
         assert (w8a8 - ref).abs().max() <= step * dequantize_int8(q, scale).abs().sum(1).max()
