@@ -31,12 +31,16 @@ D = PretrainConfig()  # the defaults
 SMOKE = PretrainConfig.tiny()
 
 
+class Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Each flag's default in --help; the description and the examples below keep their lines."""
+
+
 def build_parser():
     p = argparse.ArgumentParser(
-        description="Pretrain a small GPT-2 (GPT-2's tokenizer and architecture) on WikiText-2 valid+test and save "
-                    "it in Hugging Face format, as the offline pretrained model of chapter 4.",
+        description="Pretrain a small GPT-2 (GPT-2's tokenizer and architecture) on WikiText-2 valid + test\n"
+                    "and save it in Hugging Face format, as the offline pretrained model of chapter 4.",
         usage="%(prog)s [options]  (--help lists them)", epilog=EXAMPLES, allow_abbrev=False,
-        formatter_class=lambda prog: argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=32))
+        formatter_class=lambda prog: Help(prog, max_help_position=32))
     p.add_argument("--data-dir", default=None,
                    help="folder laid out like ../shared/data (wikitext-2/wiki.valid.tokens, wiki.test.tokens); "
                         "default: $NANOFT_DATA, the download cache, a download, or else the bundled sample")

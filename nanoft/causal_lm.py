@@ -96,7 +96,7 @@ def train_last_blocks(gpt2: GPT2, k: int) -> int:
     trainable parameters. The embeddings stay frozen, and with them the output layer they are tied to."""
     n = gpt2.config.n_layer
     if not 0 <= k <= n:
-        raise ValueError(f"train_last_blocks({k}): the model has {n} blocks: pass 0 to {n}")
+        raise ValueError(f"cannot train the last {k} blocks: the model has {n} blocks: pass 0 to {n}")
     gpt2.requires_grad_(False)
     for module in [*gpt2.transformer.h[n - k:], gpt2.transformer.ln_f]:
         module.requires_grad_(True)

@@ -61,7 +61,7 @@ def test_train_last_blocks_freezes_the_rest(tok):
     assert train_last_blocks(model, 0) == count(model.transformer.ln_f)
     assert train_last_blocks(model, 3) == model.num_parameters() - count(model.transformer.wte,
                                                                          model.transformer.wpe)
-    with pytest.raises(ValueError, match="has 3 blocks: pass 0 to 3"):
+    with pytest.raises(ValueError, match="last 4 blocks: the model has 3 blocks: pass 0 to 3"):
         train_last_blocks(model, 4)
 
 
