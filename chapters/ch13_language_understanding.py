@@ -69,10 +69,15 @@ SIZES = [
 ]
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action):  # a size's default comes from --recipe: its help shows the three values
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + " Runs heads, tapt, multitask and frozen "
                                 "(or one of them) and prints one table.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("method", nargs="?", default="all", choices=("all",) + METHODS, help="which method to run")
     p.add_argument("--recipe", choices=RECIPES, default="quick",
                    help="quick: a few minutes per method on a 2-core CPU; standard (with the method `heads`): SST-2 1 "
