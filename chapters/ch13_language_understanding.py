@@ -57,7 +57,7 @@ SIZES = [
     ("--squad-val", nonneg_int, "SQuAD validation questions from held-out articles (0: none; every article "
      "trains and the last weights are kept, as in the standard recipe)", 300, 0, 4),
     ("--eval-questions", nonneg_int, "questions of the eval file for the final EM/F1 (0 = all)", 500, 0, 6),
-    ("--squad-steps", positive_int, "optimizer steps of SQuAD fine-tuning (batch 16)", 500, 1244, 2),
+    ("--squad-steps", positive_int, "optimizer steps of SQuAD fine-tuning (batch 16)", 250, 1244, 2),
     ("--tapt-labels", positive_int, "labelled SST-2 sentences of the TAPT comparison", 1000, 1000, 32),
     ("--head-steps", nonneg_int, "masked-LM steps that train the fresh MLM head alone, first", 100, 200, 1),
     ("--tapt-steps", positive_int, "masked-LM steps on all SST-2 training text (batch 32)", 300, 1000, 2),
