@@ -57,14 +57,18 @@ def make_batch(batch, seq, device):
     return ids, mask, targets
 
 
-def make_step(kind, model, is_hf, batch, autocast):
-    """One training step of one library, as a closure that returns the loss."""
+def make_optimizer(model, is_hf):
+    if is_hf:
+        return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=True)
+    return build_optimizer(model, lr=1e-4, weight_decay=0.01)
+
+
+def make_step(kind, model, is_hf, batch, autocast, opt=None):
+    """One training step of one library, as a closure that returns the loss. Pass `opt` to share one optimizer
+    between the steps of several precisions: one AdamW state per precision would not fit GPT-2 124M twice over."""
     ids, mask, targets = batch
     model.train()  # dropout is 0 in both, but train mode is what a training step runs in
-    if is_hf:
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=True)
-    else:
-        opt = build_optimizer(model, lr=1e-4, weight_decay=0.01)
+    opt = opt or make_optimizer(model, is_hf)
 
     def loss_fn():
         if kind == "gpt2":
@@ -222,9 +226,10 @@ def main(argv=None):
         kind, ours, hf = build_pair(name, args.device)
         batch = make_batch(args.batch, args.seq, args.device)
         steps, fwds = [], []  # per precision: (nanoft, transformers)
+        opt_ours, opt_hf = make_optimizer(ours, False), make_optimizer(hf, True)
         for dt in args.dtypes:
             ac = autocast_for(dt, args.device)
-            steps.append((make_step(kind, ours, False, batch, ac), make_step(kind, hf, True, batch, ac)))
+            steps.append((make_step(kind, ours, False, batch, ac, opt_ours), make_step(kind, hf, True, batch, ac, opt_hf)))
             fwds.append(forward_fns(kind, ours, hf, batch, ac))
         if args.compile:  # compile the modules in place, so the optimizers above keep the same parameters
             ours.compile(), hf.compile()
@@ -263,7 +268,7 @@ def main(argv=None):
                 profile.append([name, dt, f"{mm_ours:,.0f}", f"{rest_ours:,.0f}", f"{mm_hf:,.0f}", f"{rest_hf:,.0f}",
                                 f"{mm_hf / (mm_hf + rest_hf):.0%}", f"**{floor:.2f}**",
                                 top_ops(runs[1][0][2]), top_ops(runs[1][1][2])])
-        del ours, hf, steps, fwds
+        del ours, hf, steps, fwds, opt_ours, opt_hf
         gc.collect()
         if not args.no_memory:
             m_ours, m_hf = peak_memory_mib(args, name, "nanoft"), peak_memory_mib(args, name, "transformers")
