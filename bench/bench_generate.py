@@ -101,6 +101,8 @@ def main(argv=None):
         else:
             _, ours32, hf32 = build_pair(name, args.device)
         models = {"fp32": (ours32, hf32)}
+        # a small trained model may hold fewer positions than prompt + new tokens (chapter 4's: 64): decode what fits
+        new_tokens = min(args.new_tokens, ours32.config.n_positions - args.prompt_len + 1)
         if "bf16" in args.dtypes:
             models["bf16"] = (copy.deepcopy(ours32).to(torch.bfloat16), copy.deepcopy(hf32).to(torch.bfloat16))
         for ours, hf in models.values():
@@ -116,9 +118,9 @@ def main(argv=None):
                 @torch.inference_mode()
                 def run():
                     if is_hf:
-                        return model.generate(prompt, attention_mask=mask, max_new_tokens=args.new_tokens,
-                                              min_new_tokens=args.new_tokens, do_sample=False, use_cache=True)
-                    return model.generate(prompt, max_new_tokens=args.new_tokens, temperature=0.0)
+                        return model.generate(prompt, attention_mask=mask, max_new_tokens=new_tokens,
+                                              min_new_tokens=new_tokens, do_sample=False, use_cache=True)
+                    return model.generate(prompt, max_new_tokens=new_tokens, temperature=0.0)
                 return run
 
             fns, labels = [], []
@@ -128,10 +130,10 @@ def main(argv=None):
                 labels += [(dt, "nanoft"), (dt, "HF")]
             tokens_of = {lab: fn() for lab, fn in zip(labels, fns)}
             if not args.no_ceiling and "fp32" in args.dtypes:
-                fns.append(matmuls_alone(ours32, batch, args.prompt_len, args.new_tokens, args.device))
+                fns.append(matmuls_alone(ours32, batch, args.prompt_len, new_tokens, args.device))
             times = interleaved(fns, args.repeats, args.warmup, args.device)
             t = dict(zip(labels, times))
-            n_tok = batch * args.new_tokens
+            n_tok = batch * new_tokens
             for dt in args.dtypes:
                 # random weights give flat logits, where a 1e-6 difference can flip a near-tie: report, don't fail
                 same = torch.equal(tokens_of[(dt, "nanoft")], tokens_of[(dt, "HF")])
