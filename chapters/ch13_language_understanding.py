@@ -32,7 +32,7 @@ from nanoft.assets import minilm_dir
 from nanoft.batching import Collate
 from nanoft.classification import (evaluate_accuracy, fine_tune_classifier, fine_tune_frozen, load_sst2,
                                    sentence_classifier, subset)
-from nanoft.cli import float_list, fraction, nonneg_int, positive_float, positive_int, run_main
+from nanoft.cli import add_run_flags, float_list, fraction, nonneg_int, positive_float, positive_int, run_main
 from nanoft.extractive_qa import evaluate_qa, fine_tune_qa, load_squad, span_model
 from nanoft.heads import ClassificationHead, MultiTaskModel, SpanHead, freeze_encoder
 from nanoft.mixing import MultiTaskBatches, exact_schedule, fine_tune_multitask
@@ -100,14 +100,7 @@ def build_parser():
     h.add_argument("--tapt-lr", type=positive_float, default=1e-4, help="masked-LM lr of TAPT")
     h.add_argument("--warmup", type=fraction, default=0.1, help="share of each run's steps spent warming up")
     h.add_argument("--seeds", type=positive_int, default=3, help="seeds of the TAPT comparison (mean ± std)")
-    r = p.add_argument_group("run")
-    r.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
-    r.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                   help="auto: bf16 autocast on a GPU or a CPU with native bf16 (weights stay fp32), else fp32")
-    r.add_argument("--seed", type=nonneg_int, default=0, help="seed of subsets, head init, data order, dropout")
-    r.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads (0 = one per core; 1 is faster "
-                   "on a machine busy with other jobs)")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars (the story is still printed)")
+    add_run_flags(p)
     return p
 
 
@@ -124,8 +117,6 @@ def parse_args(argv=None):
     if args.squad_val == 0 and args.method in ("all", "multitask"):
         p.error("--squad-val 0 (no validation split; the standard recipe) leaves multi-task learning nothing to pick "
                 "its best weights on: run `heads` or `frozen` with it, or give --squad-val N")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error(f"--device {args.device}: this torch sees no CUDA GPU; use --device cpu (or auto)")
     return args
 
 

@@ -72,6 +72,32 @@ def float_list(text) -> list:
     return values
 
 
+def device_name(text) -> str:
+    """auto, cpu, cuda or cuda:N; a CUDA device on a torch that sees no GPU is refused here, not by an assert later."""
+    import torch
+    if text != "auto" and not (text == "cpu" or text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit())):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use auto, cpu, cuda or cuda:N")
+    if text.startswith("cuda") and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: this torch sees no CUDA GPU; use cpu (or auto)")
+    return text
+
+
+def add_run_flags(parser):
+    """The flags of where and how a script runs, the same in every chapter script: --device, --precision, --seed,
+    --threads, --no-progress."""
+    r = parser.add_argument_group("run")
+    r.add_argument("--device", type=device_name, default="auto",
+                   help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+    r.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="auto: bf16 autocast on a GPU with bf16 or a CPU with native bf16 (AVX512-BF16, AMX, ARM BF16), "
+                        "else fp32; weights, gradients and AdamW stay fp32")
+    r.add_argument("--seed", type=nonneg_int, default=0, help="seed of subsets, head init, data order, dropout")
+    r.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads (0 = one per core; 1 is faster "
+                   "on a machine busy with other jobs)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars (the story is still printed)")
+    return r
+
+
 def run_main(main, argv=None):
     """Run main(argv); a user error (ValueError, FileNotFoundError) becomes one line on stderr and exit code 2."""
     argv = sys.argv[1:] if argv is None else list(argv)

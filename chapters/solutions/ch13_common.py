@@ -12,7 +12,7 @@ import torch
 
 from nanoft import BERT, TrainConfig, load_bert_tokenizer, seed_everything
 from nanoft.assets import minilm_dir
-from nanoft.cli import fraction, nonneg_float, nonneg_int, positive_float, positive_int
+from nanoft.cli import add_run_flags, fraction, nonneg_float, nonneg_int, positive_float, positive_int
 
 # --smoke: tiny sizes that check the code runs in seconds (its numbers mean nothing); flags given still win
 SMOKE = dict(sst2_train=48, sst2_val=16, sst2_dev=24, max_len=32, batch_size=8, steps=4, evals=2, no_progress=True)
@@ -46,14 +46,7 @@ def base_parser(doc, **defaults):
                    help="validation evaluations per run (the weights of the best one are kept)")
     g.add_argument("--warmup", type=fraction, default=0.1, help="share of each run's steps spent warming up")
     g.add_argument("--weight-decay", type=nonneg_float, default=0.01, help="AdamW weight decay (matrices only)")
-    g = p.add_argument_group("run")
-    g.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
-    g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                   help="auto: bf16 autocast on a GPU or a CPU with native bf16 (weights stay fp32), else fp32")
-    g.add_argument("--seed", type=nonneg_int, default=0, help="seed of subsets, head init, data order, dropout")
-    g.add_argument("--threads", type=nonneg_int, default=0,
-                   help="torch CPU threads (0 = one per core; 1 is faster on a machine busy with other jobs)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_flags(p)
     p.set_defaults(**defaults)
     return p
 
