@@ -37,7 +37,7 @@ import torch
 from nanoft import BERT, TrainConfig, load_bert_tokenizer, seed_everything
 from nanoft.assets import minilm_dir
 from nanoft.classification import evaluate_accuracy, fine_tune_classifier, load_sst2, sentence_classifier
-from nanoft.cli import fraction, nonneg_int, positive_float, positive_int, run_main
+from nanoft.cli import add_run_flags, fraction, nonneg_int, positive_float, positive_int, run_main
 from nanoft.lora import add_lora, trainable_parameters
 from nanoft.qat import convert_qat, prepare_qat
 from nanoft.quantize import model_nbytes, quantize_model
@@ -88,14 +88,7 @@ def build_parser():
                    help="LoRA / QLoRA on the q/k/v projection only, or on every linear layer of the blocks")
     h.add_argument("--qat-kind", choices=("int8", "nf4"), default="nf4", help="what QAT fake-quantizes and converts to")
     h.add_argument("--warmup", type=fraction, default=0.1, help="share of each run's steps spent warming up")
-    r = p.add_argument_group("run")
-    r.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
-    r.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                   help="auto: bf16 autocast on a GPU or a CPU with native bf16 (weights stay fp32), else fp32")
-    r.add_argument("--seed", type=nonneg_int, default=0, help="seed of subsets, head init, data order, dropout")
-    r.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads (0 = one per core; 1 is faster "
-                   "on a machine busy with other jobs)")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars (the story is still printed)")
+    add_run_flags(p)
     return p
 
 
@@ -106,8 +99,6 @@ def parse_args(argv=None):
         name = flag[2:].replace("-", "_")
         if getattr(args, name) is None:
             setattr(args, name, kind(str(values[RECIPES.index(args.recipe)])))
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error(f"--device {args.device}: this torch sees no CUDA GPU; use --device cpu (or auto)")
     return args
 
 
