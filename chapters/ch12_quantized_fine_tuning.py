@@ -37,7 +37,8 @@ import torch
 from nanoft import BERT, TrainConfig, load_bert_tokenizer, seed_everything
 from nanoft.assets import minilm_dir
 from nanoft.classification import evaluate_accuracy, fine_tune_classifier, load_sst2, sentence_classifier
-from nanoft.cli import add_run_flags, fraction, nonneg_int, positive_float, positive_int, run_main
+from nanoft.cli import (HelpFormatter, add_run_flags, add_size_flags, fill_sizes, fraction, nonneg_int,
+                        positive_float, positive_int, run_main)
 from nanoft.lora import add_lora, trainable_parameters
 from nanoft.qat import convert_qat, prepare_qat
 from nanoft.quantize import model_nbytes, quantize_model
@@ -58,11 +59,6 @@ SIZES = [
 ]
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    def _get_help_string(self, action):  # a size's default comes from --recipe: its help shows both values
-        return action.help if action.default is None else super()._get_help_string(action)
-
-
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + " Runs full, lora, qlora, ptq and qat (or one "
                                 "of them) and prints one table.", formatter_class=HelpFormatter)
@@ -75,9 +71,7 @@ def build_parser():
     p.add_argument("--data-dir", default=None, help="a folder laid out like ../shared/data; default: $NANOFT_DATA, "
                    "the download cache, a download, or the bundled samples (announced, and labelled SAMPLE)")
     p.add_argument("--out-dir", default="runs/ch12", help="where results.json and results.png go")
-    g = p.add_argument_group("sizes: [quick / smoke] from --recipe")
-    for flag, kind, what, *values in SIZES:
-        g.add_argument(flag, type=kind, help=f"{what} [{' / '.join(map(str, values))}]")
+    add_size_flags(p, SIZES, RECIPES, "sizes")
     h = p.add_argument_group("hyperparameters")
     h.add_argument("--lr", type=positive_float, default=1e-4, help="lr of full fine-tuning and QAT")
     h.add_argument("--lora-lr", type=positive_float, default=1e-3, help="lr of LoRA and QLoRA (adapters and head)")
@@ -95,10 +89,7 @@ def build_parser():
 def parse_args(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
-    for flag, kind, _, *values in SIZES:
-        name = flag[2:].replace("-", "_")
-        if getattr(args, name) is None:
-            setattr(args, name, kind(str(values[RECIPES.index(args.recipe)])))
+    fill_sizes(args, SIZES, RECIPES)
     return args
 
 

@@ -32,7 +32,8 @@ from nanoft.assets import minilm_dir
 from nanoft.batching import Collate
 from nanoft.classification import (evaluate_accuracy, fine_tune_classifier, fine_tune_frozen, load_sst2,
                                    sentence_classifier, subset)
-from nanoft.cli import add_run_flags, float_list, fraction, nonneg_int, positive_float, positive_int, run_main
+from nanoft.cli import (HelpFormatter, add_run_flags, add_size_flags, fill_sizes, float_list, fraction,
+                        nonneg_int, positive_float, positive_int, run_main)
 from nanoft.extractive_qa import evaluate_qa, fine_tune_qa, load_squad, span_model
 from nanoft.heads import ClassificationHead, MultiTaskModel, SpanHead, freeze_encoder
 from nanoft.mixing import MultiTaskBatches, exact_schedule, fine_tune_multitask
@@ -69,11 +70,6 @@ SIZES = [
 ]
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    def _get_help_string(self, action):  # a size's default comes from --recipe: its help shows the three values
-        return action.help if action.default is None else super()._get_help_string(action)
-
-
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + " Runs heads, tapt, multitask and frozen "
                                 "(or one of them) and prints one table.",
@@ -91,9 +87,7 @@ def build_parser():
     p.add_argument("--squad-train", help="a SQuAD v1.1 JSON to train on; default: squad_v1.1_devsplit/train.json")
     p.add_argument("--squad-eval", help="a SQuAD v1.1 JSON for the final EM/F1; default: squad_v1.1_devsplit/eval.json")
     p.add_argument("--out-dir", default="runs/ch13", help="where results.json and results.png go")
-    g = p.add_argument_group("sizes, steps and lr: [quick / standard / smoke] from --recipe")
-    for flag, kind, what, *values in SIZES:
-        g.add_argument(flag, type=kind, help=f"{what} [{' / '.join(map(str, values))}]")
+    add_size_flags(p, SIZES, RECIPES, "sizes, steps and lr")
     h = p.add_argument_group("hyperparameters")
     h.add_argument("--squad-lr", type=positive_float, default=1e-4, help="lr of SQuAD and multi-task fine-tuning")
     h.add_argument("--head-lr", type=positive_float, default=1e-3, help="lr of the frozen baselines' heads")
@@ -107,10 +101,7 @@ def build_parser():
 def parse_args(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
-    for flag, kind, _, *values in SIZES:
-        name = flag[2:].replace("-", "_")
-        if getattr(args, name) is None:
-            setattr(args, name, kind(str(values[RECIPES.index(args.recipe)])))
+    fill_sizes(args, SIZES, RECIPES)
     if args.stride >= args.squad_len:
         p.error(f"--stride {args.stride} must be smaller than --squad-len {args.squad_len}: neighbouring windows "
                 "share --stride tokens, so each window must hold more")

@@ -82,6 +82,31 @@ def device_name(text) -> str:
     return text
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each flag's default, except a size's: its help lists its value in every recipe instead."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def add_size_flags(parser, sizes, recipes, title="sizes"):
+    """One flag per size of a run. sizes: rows (flag, type, help, its value in recipes[0], in recipes[1], ...), so
+    a script's presets and its flags stand in one table; fill_sizes puts the chosen recipe's values in."""
+    group = parser.add_argument_group(f"{title}: [{' / '.join(recipes)}] from --recipe")
+    for flag, kind, what, *values in sizes:
+        group.add_argument(flag, type=kind, help=f"{what} [{' / '.join(map(str, values))}]")
+    return group
+
+
+def fill_sizes(args, sizes, recipes):
+    """Every size flag not given on the command line takes its value in args.recipe (parsed by its own type)."""
+    for flag, kind, _, *values in sizes:
+        name = flag[2:].replace("-", "_")
+        if getattr(args, name) is None:
+            setattr(args, name, kind(str(values[recipes.index(args.recipe)])))
+    return args
+
+
 def add_run_flags(parser):
     """The flags of where and how a script runs, the same in every chapter script: --device, --precision, --seed,
     --threads, --no-progress."""
