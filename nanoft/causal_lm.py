@@ -17,7 +17,6 @@ architecture, 4 layers of width 128) that pretrain_small_gpt2 trains on WikiText
 import hashlib
 import importlib.util
 import json
-import math
 import os
 import re
 import time

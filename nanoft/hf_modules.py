@@ -83,7 +83,10 @@ def hf_modules(model):
 
 def block_linears(model, which="all"):
     """Paths of the linear layers inside the transformer blocks of a GPT2 or BERT, in model order.
-    which: "attention" (the fused q/k/v projection: LoRA's original choice), "mlp" (the rest) or "all"."""
+    which: "attention" (the fused q/k/v projection: LoRA's original choice), "mlp" (the rest), "all", or a list of
+    module paths, returned as given."""
+    if not isinstance(which, str):
+        return list(which)
     groups = BLOCK_LINEARS[family(model)]
     if which not in ("attention", "mlp", "all"):
         raise ValueError(f"which={which!r}: use 'attention', 'mlp' or 'all'")
@@ -93,6 +96,12 @@ def block_linears(model, which="all"):
     depth = blocks.count(".") + 2
     return [name for name, _ in model.named_modules()
             if name.startswith(blocks + ".") and name.split(".", depth)[-1] in suffixes]
+
+
+def replace_module(root, name, module):
+    """Put module at the dotted path name inside root ("layers.3.attn.qkv"), in place of what was there."""
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
 
 
 def is_transposed(model, name):

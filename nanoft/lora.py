@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanoft.hf_modules import backbone, block_linears, family, hf_modules
+from nanoft.hf_modules import backbone, block_linears, family, hf_modules, replace_module
 from nanoft.weights import load_safetensors, save_safetensors
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -123,18 +123,13 @@ class LoRALinear(nn.Module):
         return f"r={self.r}, alpha={self.alpha}, parts={self.parts}, adapted={self.adapted}, merged={self.merged}"
 
 
-def _set_module(root, name, module):
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, module)
-
-
 def add_lora(model, r=8, alpha=16, dropout=0.0, targets="attention"):
     """Put LoRA on the linear layers of the GPT2 / BERT inside model, freeze everything else, return model.
     targets: "attention" (the q/k/v projection, the LoRA paper's choice), "all" (every linear layer in the blocks,
     the QLoRA paper's choice), or a list of module paths relative to the GPT2 / BERT. Heads stay frozen too:
     set requires_grad on a task head afterwards to train it alongside."""
     prefix, net = backbone(model)
-    names = block_linears(net, targets) if isinstance(targets, str) else list(targets)
+    names = block_linears(net, targets)
     for p in model.parameters():
         p.requires_grad_(False)
     modules = hf_modules(net)
@@ -142,7 +137,7 @@ def add_lora(model, r=8, alpha=16, dropout=0.0, targets="attention"):
         base = net.get_submodule(name)
         if isinstance(base, LoRALinear):
             raise ValueError(f"{prefix + '.' if prefix else ''}{name} has LoRA already")
-        _set_module(net, name, LoRALinear(base, r, alpha, dropout, parts=len(modules[name])))
+        replace_module(net, name, LoRALinear(base, r, alpha, dropout, parts=len(modules[name])))
     return model
 
 
@@ -168,7 +163,7 @@ def merge_and_unload(model):
     """Replace every LoRALinear by a plain nn.Linear with the change merged in (PEFT's merge_and_unload)."""
     _, net = backbone(model)
     for name, m in lora_layers(model):
-        _set_module(net, name, m.merged_linear())
+        replace_module(net, name, m.merged_linear())
     return model
 
 
@@ -270,7 +265,7 @@ def load_adapter(model, folder, hf_prefix=None):
         layer = net.get_submodule(name)
         if not isinstance(layer, LoRALinear):
             layer = LoRALinear(layer, r, alpha, dropout, parts=len(hf_parts), adapted=adapted)
-            _set_module(net, name, layer)
+            replace_module(net, name, layer)
         if layer.adapted != tuple(adapted):
             raise ValueError(f"{name} adapts parts {layer.adapted}, the adapter parts {tuple(adapted)}")
         with torch.no_grad():

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanoft.hf_modules import backbone, block_linears
+from nanoft.hf_modules import backbone, block_linears, replace_module
 from nanoft.int8 import dequantize_int8, quantize_int8
 from nanoft.nf4 import dequantize_nf4, quantize_nf4
 from nanoft.quantize import QUANTIZED
@@ -51,16 +51,11 @@ class QATLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, kind={self.kind}"
 
 
-def _set_module(root, name, module):
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, module)
-
-
 def prepare_qat(model, kind="int8", targets="all"):
     """Swap the linear layers of the transformer blocks for QATLinear (in place). Returns model."""
     _, net = backbone(model)
-    for name in block_linears(net, targets) if isinstance(targets, str) else targets:
-        _set_module(net, name, QATLinear(net.get_submodule(name), kind))
+    for name in block_linears(net, targets):
+        replace_module(net, name, QATLinear(net.get_submodule(name), kind))
     return model
 
 
@@ -69,5 +64,5 @@ def convert_qat(model, **layer_kw):
     """Swap every QATLinear for the real quantized layer of its kind (Int8Linear / NF4Linear). Returns model."""
     for name, m in list(model.named_modules()):
         if isinstance(m, QATLinear):
-            _set_module(model, name, QUANTIZED[m.kind](m.weight, m.bias, **layer_kw))
+            replace_module(model, name, QUANTIZED[m.kind](m.weight, m.bias, **layer_kw))
     return model

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from nanoft import hf_files
 from nanoft.bert import BERT, BertConfig
 from nanoft.gpt2 import GPT2, GPT2Config
-from nanoft.hf_modules import backbone, block_linears, family, hf_modules, is_transposed
+from nanoft.hf_modules import backbone, block_linears, family, hf_modules, is_transposed, replace_module
 from nanoft.int8 import dequantize_int8, fbgemm_pack, int8_linear, quantize_int8
 from nanoft.nf4 import BLOCK_SIZE, SCALE_BLOCK_SIZE, NF4Tensor, dequantize_nf4, quantize_nf4
 
@@ -138,11 +138,6 @@ def _layer_class(kind):
     return QUANTIZED[kind]
 
 
-def _set_module(root, name, module):
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, module)
-
-
 @torch.no_grad()
 def quantize_model(model, kind="nf4", targets="all", head=False, **layer_kw):
     """Post-training quantization, in place: the linear layers of the transformer blocks of the GPT2 / BERT inside
@@ -151,13 +146,13 @@ def quantize_model(model, kind="nf4", targets="all", head=False, **layer_kw):
     of it for every token; the token embedding it is tied to stays in full precision (a lookup reads one row)."""
     cls = _layer_class(kind)
     _, net = backbone(model)
-    names = block_linears(net, targets) if isinstance(targets, str) else list(targets)
+    names = block_linears(net, targets)
     if head:
         if family(net) != "gpt2":
             raise ValueError("head=True quantizes GPT-2's LM head; BERT has none")
         names.append("lm_head")
     for name in names:
-        _set_module(net, name, cls.from_linear(net.get_submodule(name), **layer_kw))
+        replace_module(net, name, cls.from_linear(net.get_submodule(name), **layer_kw))
     return model
 
 
@@ -197,7 +192,7 @@ def load_quantized(cls, name_or_path, kind="nf4", targets="all", dtype=torch.flo
     with torch.device("meta"):
         model = cls(config)
     sd = hf_files.read_tensors(name_or_path, **hub_kwargs)  # safetensors: views into a memory map, read when touched
-    quantized = set(block_linears(model, targets) if isinstance(targets, str) else targets)
+    quantized = set(block_linears(model, targets))
     for name, hf_names in hf_modules(model).items():
         module = model.get_submodule(name)
         tensors = {}
@@ -207,7 +202,7 @@ def load_quantized(cls, name_or_path, kind="nf4", targets="all", dtype=torch.flo
                 parts = [p.t() for p in parts]  # Conv1D (in, out) -> nn.Linear (out, in)
             tensors[pname] = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]  # fused qkv: rows q, k, v
         if name in quantized:
-            _set_module(model, name, layer_cls(tensors["weight"], tensors.get("bias"), **(layer_kw or {})))
+            replace_module(model, name, layer_cls(tensors["weight"], tensors.get("bias"), **(layer_kw or {})))
         else:
             for pname, t in tensors.items():
                 setattr(module, pname, nn.Parameter(t.to(dtype).clone()))
