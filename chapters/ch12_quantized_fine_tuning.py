@@ -176,7 +176,7 @@ def ptq(d, args):
     print("\n# Post-training quantization of the fully fine-tuned model: its block linears rounded, no training")
     for kind, what in (("int8", "int8 per channel"), ("nf4", "NF4")):
         t0 = time.perf_counter()
-        model = quantize_model(copy.deepcopy(d["full_model"]).eval(), kind, targets="all", **INT8_KW[kind])
+        model = quantize_model(copy.deepcopy(d["full_model"]).eval(), kind, targets="all")
         print(f"  {what}: quantized in {time.perf_counter() - t0:.1f} s")
         rows.append(row(d, f"PTQ {what} of full fine-tuning", model))
     return rows
@@ -187,13 +187,9 @@ def qat(d, args):
           f"estimator), lr {args.lr:g}, then converted to real {args.qat_kind}")
     model = prepare_qat(classifier(d), args.qat_kind, targets="all")
     fitted = fit(d, model, args.lr)
-    convert_qat(model, **INT8_KW[args.qat_kind])
+    convert_qat(model)
     return [row(d, f"QAT {args.qat_kind}, converted", model.eval(), fitted)]
 
-
-# int8 layers here dequantize and call F.linear: torch's int8-weight kernel with fp32 inputs (the int8pack default)
-# was 27 times slower than that on a 2-core x86 CPU; the int8 weights are the same either way
-INT8_KW = {"int8": {"kernel": "dequantize"}, "nf4": {}}
 
 COLUMNS = [("method", "method", "{}"), ("dev acc", "acc", "{:.1f}%"), ("trainable", "trainable", "{:,}"),
            ("model MiB", "mib", "{:.1f}"), ("train state MiB", "state_mib", "{:.1f}"),

@@ -25,7 +25,7 @@ from nanoft import hf_files
 from nanoft.bert import BERT, BertConfig
 from nanoft.gpt2 import GPT2, GPT2Config
 from nanoft.hf_modules import backbone, block_linears, family, hf_modules, is_transposed, replace_module
-from nanoft.int8 import dequantize_int8, fbgemm_pack, int8_linear, quantize_int8
+from nanoft.int8 import dequantize_int8, fbgemm_pack, int8_linear, int8pack_available, quantize_int8
 from nanoft.nf4 import BLOCK_SIZE, SCALE_BLOCK_SIZE, NF4Tensor, dequantize_nf4, quantize_nf4
 
 
@@ -97,12 +97,17 @@ class Int8Linear(QuantizedLinear):
     """A frozen linear layer with its weight in int8, one scale per output channel.
     kernel: "int8pack" multiplies by the int8 weight (torch._weight_int8pack_mm) when no gradient is needed
     (inference); "dequantize" always goes through the dequantized weight and F.linear; "fbgemm" (inference on a CPU)
-    rounds the activations to int8 too and multiplies int8 by int8 (torch.ops.quantized.linear_dynamic).
-    activation_dtype: run the int8 matmul with the input cast to this dtype (and the output cast back), e.g.
-    torch.bfloat16: on x86 CPUs torch's int8-weight kernel is vectorised for bf16 inputs, and far slower for fp32
-    ones (bench/bench_quant.py measures it)."""
+    rounds the activations to int8 too and multiplies int8 by int8 (torch.ops.quantized.linear_dynamic); "auto"
+    (the default) picks per call: int8pack when the layer computes in bf16 (autocast, a bf16 input or
+    activation_dtype=torch.bfloat16) on a few rows, as in decoding, where the weight's bytes are the cost and int8
+    reads a quarter of fp32's; otherwise the dequantized weight, so fp32 stays fp32. On x86 CPUs torch's int8-weight
+    kernel is vectorised for bf16 inputs only: on fp32 ones it was 12 times slower than on bf16 for one row
+    (768 -> 3072), and 40 times slower than the dequantized weight for 512 rows.
+    activation_dtype: run the int8pack matmul with the input cast to this dtype (and the output cast back)."""
 
-    def __init__(self, weight, bias=None, kernel="int8pack", activation_dtype=None):
+    AUTO_ROWS = 64  # "auto": at most this many rows go through int8pack (measured crossover: 64-512 rows)
+
+    def __init__(self, weight, bias=None, kernel="auto", activation_dtype=None):
         super().__init__(weight.size(1), weight.size(0), bias)
         q, scale = quantize_int8(weight)
         self.register_buffer("qweight", q)  # (out, in) int8
@@ -122,7 +127,13 @@ class Int8Linear(QuantizedLinear):
             if self._fbgemm is None:
                 self._fbgemm = fbgemm_pack(self.qweight, self.scale, self.bias)
             return int8_linear(x, self.qweight, self.scale, kernel="fbgemm", packed=self._fbgemm)
-        if self.kernel == "int8pack" and not (torch.is_grad_enabled() and x.requires_grad):
+        inference = not (torch.is_grad_enabled() and x.requires_grad)
+        if self.kernel == "auto" and inference and x.numel() <= self.AUTO_ROWS * x.size(-1):
+            dtype = self.activation_dtype or self.compute_dtype(x)
+            if dtype == torch.bfloat16 and int8pack_available(x):
+                y = int8_linear(x.to(dtype), self.qweight, self.scale, self.bias, kernel="int8pack")
+                return y.to(x.dtype) if self.activation_dtype else y
+        if self.kernel == "int8pack" and inference:
             dtype = self.activation_dtype or self.compute_dtype(x)
             y = int8_linear(x.to(dtype), self.qweight, self.scale, self.bias, kernel="int8pack")
             return y.to(x.dtype) if self.activation_dtype else y

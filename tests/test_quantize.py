@@ -152,7 +152,7 @@ def test_int8_matmul_equals_dequantize_then_matmul(dtype):
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     assert fast.dtype == dtype and (fast.double() - ref).abs().max() < tol * ref.abs().max()
     assert (slow.double() - ref).abs().max() < tol * ref.abs().max()
-    layer = Int8Linear(w, bias)
+    layer = Int8Linear(w, bias, kernel="int8pack")
     assert torch.equal(layer(x), fast)
     if dtype == torch.float32:  # fbgemm rounds the activations to int8 too: within that rounding of the reference
         with torch.no_grad(), warnings.catch_warnings():
@@ -160,6 +160,25 @@ def test_int8_matmul_equals_dequantize_then_matmul(dtype):
             w8a8 = Int8Linear(w, bias, kernel="fbgemm")(x)
         step = x.abs().max() / 127  # one int8 step of the activations
         assert (w8a8 - ref).abs().max() <= step * dequantize_int8(q, scale).abs().sum(1).max()
+
+
+def test_int8_auto_kernel_int8pack_in_bf16_for_few_rows_else_the_dequantized_weight():
+    w, bias = weight(96, 64), torch.randn(96) * 0.1
+    q, scale = quantize_int8(w)
+    few, many = torch.randn(2, 3, 64), torch.randn(Int8Linear.AUTO_ROWS + 1, 64)  # 6 rows: decoding-sized
+    layer = Int8Linear(w, bias)  # kernel="auto"
+    for x in (few, many):  # fp32 stays fp32: the dequantized weight, never int8pack's slow fp32 path
+        assert torch.equal(layer(x), int8_linear(x, q, scale, bias, kernel="dequantize"))
+    assert torch.equal(layer(few.bfloat16()), int8_linear(few.bfloat16(), q, scale, bias, kernel="int8pack"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(layer(few), int8_linear(few.bfloat16(), q, scale, bias, kernel="int8pack"))
+        assert torch.equal(layer(many), int8_linear(many.bfloat16(), q, scale, bias, kernel="dequantize"))
+    fast = Int8Linear(w, bias, activation_dtype=torch.bfloat16)
+    assert fast(few).dtype == torch.float32
+    assert torch.equal(fast(few), int8_linear(few.bfloat16(), q, scale, bias, kernel="int8pack").float())
+    x = few.bfloat16().requires_grad_(True)  # a gradient needed: the dequantized weight
+    fast(x).float().sum().backward()
+    assert x.grad is not None
 
 
 @pytest.mark.parametrize("cls", [NF4Linear, Int8Linear])
