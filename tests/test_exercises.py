@@ -1,4 +1,5 @@
-"""The exercises of chapter 13 (chapters/ch13_exercises.md); chapter 4's are in tests/test_exercises_ch04.py.
+"""The exercises of chapters 13 and 12 (chapters/ch13_exercises.md, ch12_exercises.md); chapter 4's are in
+tests/test_exercises_ch04.py.
 
 Every solution runs here at its smoke size, on a tiny BERT made once for the module (with the real BERT WordPiece
 tokenizer), so the whole file takes well under two minutes on a busy CPU. Where an exercise's claimed effect is
@@ -15,7 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from chapters import ch12_quantized_fine_tuning as ch12
 from chapters import ch13_language_understanding as ch13
+from chapters.solutions import ch12_codebooks, ch12_merge_speed
 from chapters.solutions import ch13_mixing, ch13_overfitting, ch13_pooling, ch13_tapt_epochs, ch13_unfreeze_top_k
 from nanoft.bert import BERT, BertConfig
 from nanoft.classification import sentence_classifier
@@ -59,9 +62,9 @@ def finite(*values):
 
 
 def test_solutions_use_the_library_not_the_chapter():
-    for path in (REPO / "chapters" / "solutions").glob("ch13_*.py"):
+    for path in (REPO / "chapters" / "solutions").glob("ch1[23]_*.py"):
         text = path.read_text()
-        assert "import ch13" not in text and "from chapters" not in text and "sys.path" not in text, path.name
+        assert "import ch1" not in text and "from chapters" not in text and "sys.path" not in text, path.name
         assert text.rstrip().endswith('if __name__ == "__main__":\n    run_main(main)') or path.name == "ch13_common.py"
 
 
@@ -147,6 +150,26 @@ def test_solutions_refuse_impossible_flags_with_one_usage_line(module, argv, cap
     assert e.value.code == 2 and "error:" in capsys.readouterr().err
 
 
+# ---------------------------------------------------------------------------------------------------- chapter 12
+
+
+def test_nf4_beats_uniform_int4_and_bigger_blocks_cost_accuracy_on_real_weights(tmp_path):
+    rows = ch12_codebooks.main(["--blocks", "32,256", "--out-dir", str(tmp_path)])  # the real all-MiniLM-L6-v2
+    err = {(r["codebook"], r["block"]): r["rel_error"] for r in rows}
+    bits = {(r["codebook"], r["block"]): r["bits"] for r in rows}
+    for block in (32, 256):
+        assert err["NF4", block] < 0.95 * err["int4 (uniform)", block]  # measured: 13-26% lower
+    for codebook in ("NF4", "int4 (uniform)"):
+        assert err[codebook, 32] < err[codebook, 256] and bits[codebook, 32] > bits[codebook, 256]
+    assert abs(bits["NF4", 256] - (4 + 8 / 256 + 32 / (256 * 256))) < 1e-3  # codes, 8-bit scales, fp32 second level
+
+
+def test_merged_lora_gives_the_same_logits(tmp_path):
+    rows, diff = ch12_merge_speed.main(["--smoke", "--threads", "1", "--out-dir", str(tmp_path)])
+    assert diff < 1e-5 and len(rows) == 2
+    assert all(finite(r["unmerged_ms"], r["merged_ms"]) and r["merged_ms"] > 0 for r in rows)  # reported, not judged
+
+
 # ---------------------------------------------------------------------------------------------------- the text
 
 
@@ -157,7 +180,7 @@ def run_commands(markdown):
     return [line.split() for line in lines if line.startswith("python ")]
 
 
-@pytest.mark.parametrize("chapter", ["ch13"])  # chapter 4's: tests/test_exercises_ch04.py
+@pytest.mark.parametrize("chapter", ["ch13", "ch12"])  # chapter 4's: tests/test_exercises_ch04.py
 def test_every_exercise_has_its_parts_and_its_commands_parse(chapter):
     text = (REPO / "chapters" / f"{chapter}_exercises.md").read_text()
     n = len(re.findall(r"^## \d+\. ", text, flags=re.M))
@@ -170,4 +193,4 @@ def test_every_exercise_has_its_parts_and_its_commands_parse(chapter):
         if cmd[1] == "-m":  # a solution: every flag is its own
             __import__(cmd[2], fromlist=["build_parser"]).build_parser().parse_args(cmd[3:])
         else:  # the chapter script
-            ch13.parse_args(cmd[2:])
+            {"ch13": ch13, "ch12": ch12}[chapter].parse_args(cmd[2:])

@@ -1,4 +1,4 @@
-"""Solutions to the exercises of chapters/ch04_exercises.md and chapters/ch13_exercises.md.
+"""Solutions to the exercises of chapters/ch04_exercises.md, ch12_exercises.md and ch13_exercises.md.
 
 One script per exercise that needs more than a flag of the chapter script. Each one composes nanoft's library (never
 the chapter script), runs the experiment the exercise asks for, and prints a small table. Every script takes --smoke
