@@ -44,7 +44,7 @@ from nanoft.lm_data import split_examples
 from nanoft.lora import add_lora, trainable_parameters
 from nanoft.qat import convert_qat, prepare_qat
 from nanoft.quantize import model_nbytes, quantize_model
-from nanoft.report import plot_rows, print_table, save_rows
+from nanoft.report import print_table, write_results
 
 METHODS = ("full", "lora", "qlora", "ptq", "qat")
 TASKS = ("sst2", "shakespeare")
@@ -252,12 +252,8 @@ def main(argv=None):
     print_table(rows, COLUMNS)
     print("quality: SST-2 dev accuracy (higher is better), Tiny Shakespeare validation perplexity (lower is better); "
           "train state: weights + gradients + Adam moments (counted); peak CUDA: measured on a GPU only")
-    if sample:
-        print("NOTE: SAMPLE data (the real data sets were not found): the numbers show that the code runs, no more.")
-    paths = [save_rows(rows, args.out_dir, "results", args={k: str(v) for k, v in vars(args).items()}),
-             plot_rows([r for r in rows if r["task"] == rows[0]["task"]], "method", "value",
-                       f"{args.out_dir}/results.png", title=f"Chapter 12: {rows[0]['task']}, {rows[0]['metric'].split(' ', 1)[1]}")]
-    print("Written: " + ", ".join(p for p in paths if p))
+    write_results(rows, args.out_dir, vars(args), sample, label_key="method", value_key="value", group_key="task",
+                  title="Chapter 12: SST-2 dev accuracy (%), Tiny Shakespeare validation perplexity")
     return rows
 
 

@@ -2,21 +2,18 @@
 
 The knights' methods on one pretrained BERT (the real all-MiniLM-L6-v2 by default), on SST-2 (is a movie review
 sentence positive?) and SQuAD v1.1 (which words of a paragraph answer a question?):
-
-  heads      task-specific layers (Sir Bedevere): a classification head for SST-2, a span head for SQuAD, the whole
-             encoder fine-tuned;
-  tapt       task-adaptive pre-training (Sir Lancelot) where it is known to help, few labels and plenty of task text:
-             masked LM on all of SST-2's sentences, then fine-tuning on 1,000 labels, against the same without it;
+  heads      task-specific layers (Sir Bedevere): a classification head for SST-2, a span head for SQuAD, the
+             whole encoder fine-tuned;
+  tapt       task-adaptive pre-training (Sir Lancelot) where it is known to help, few labels and plenty of task
+             text: masked LM on all SST-2 sentences, then 1,000 labels, against the same without it;
   multitask  multi-task learning (Sir Galahad): one encoder, both heads, the same steps per task as `heads`;
   frozen     the baseline: the encoder frozen, only a head trained (mean-pooled for SST-2, as MiniLM was trained).
-
-`all` (the default) runs the four and prints ONE table: method, task, metric, training time. Choices are made on
-validation data carved out of the training data; the dev sets only make the table (Sir Gawain). `--recipe standard`
-runs the standard recipe (SST-2 1 epoch, SQuAD 2 epochs), whose figures the README sets beside transformers'.
-What you should see, and how long it takes, is in the README's chapter 13 paragraph.
+`all` (the default) runs the four and prints ONE table. Choices are made on validation data carved out of the
+training data; the dev sets only make the table (Sir Gawain). `--recipe standard` runs the standard recipe (SST-2
+1 epoch, SQuAD 2 epochs). What you should see, and how long it takes: the README's chapter 13 paragraph.
 
     python chapters/ch13_language_understanding.py --data-dir ../shared/data
-    python chapters/ch13_language_understanding.py heads --data-dir ../shared/data
+    python chapters/ch13_language_understanding.py heads --recipe standard --data-dir ../shared/data
     python chapters/ch13_language_understanding.py --smoke          # tiny sizes: does it run? (a minute)
 """
 import argparse
@@ -38,7 +35,7 @@ from nanoft.extractive_qa import evaluate_qa, fine_tune_qa, load_squad, span_mod
 from nanoft.heads import ClassificationHead, MultiTaskModel, SpanHead, freeze_encoder
 from nanoft.mixing import MultiTaskBatches, exact_schedule, fine_tune_multitask
 from nanoft.mlm import continue_pretraining
-from nanoft.report import plot_rows, print_table, save_rows
+from nanoft.report import print_table, write_results
 
 METHODS = ("heads", "tapt", "multitask", "frozen")
 RECIPES = ("quick", "standard", "smoke")
@@ -121,8 +118,7 @@ def config(args, steps, lr, batch_size, **kw):
 
 def timed(fn, *a, **kw):
     t0 = time.perf_counter()
-    out = fn(*a, **kw)
-    return out, time.perf_counter() - t0
+    return fn(*a, **kw), time.perf_counter() - t0
 
 
 def row(method, task, value, seconds, std=None, note=""):
@@ -254,13 +250,9 @@ def main(argv=None):
                                          "frozen": frozen}[m](d, args)]
     print_table(rows, [("method", "method", "{}"), ("task", "task", "{}"), ("metric", "metric", "{}"),
                        ("training time", "time", "{}")])
-    sample = sst2["sample"] or (d["squad"] or {}).get("sample")
-    if sample:
-        print("NOTE: SAMPLE data (the real data sets were not found): the numbers show that the code runs, no more.")
-    paths = [save_rows(rows, args.out_dir, "results", args={k: str(v) for k, v in vars(args).items()}),
-             plot_rows(rows, "method", "value", f"{args.out_dir}/results.png", group_key="task",
-                       title="Chapter 13: SST-2 accuracy, SQuAD F1 (%)" + (" - SAMPLE data" if sample else ""))]
-    print("Written: " + ", ".join(p for p in paths if p))
+    write_results(rows, args.out_dir, vars(args), sst2["sample"] or (d["squad"] or {}).get("sample"),
+                  label_key="method", value_key="value", group_key="task",
+                  title="Chapter 13: SST-2 accuracy, SQuAD F1 (%)")
     return rows
 
 

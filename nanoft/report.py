@@ -3,6 +3,7 @@
     print_table(rows, [("method", "method", "{}"), ("dev acc", "acc", "{:.1f}%")])
     save_rows(rows, "runs/ch13", "results")            # runs/ch13/results.json
     plot_rows(rows, "method", "acc", "runs/ch13/results.png", title="SST-2 dev accuracy (%)")
+    write_results(rows, "runs/ch13", vars(args), sample=False, label_key="method", value_key="acc")  # both, at once
 
 matplotlib is optional: without it plot_rows says so and returns None.
 """
@@ -57,3 +58,15 @@ def plot_rows(rows, label_key, value_key, path, title="", group_key=None):
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def write_results(rows, out_dir, flags, sample=False, **plot):
+    """The end of a chapter run: a notice when the data was the bundled SAMPLE, out_dir/results.json (the rows and
+    the run's flags) and out_dir/results.png (plot_rows(rows, **plot)), then one line naming what was written."""
+    if sample:
+        print("NOTE: SAMPLE data (the real data sets were not found): the numbers show that the code runs, no more.")
+        plot["title"] = plot.get("title", "") + " - SAMPLE data"
+    paths = [save_rows(rows, out_dir, "results", args={k: str(v) for k, v in flags.items()}),
+             plot_rows(rows, path=os.path.join(out_dir, "results.png"), **plot)]
+    print("Written: " + ", ".join(p for p in paths if p))
+    return paths

@@ -11,32 +11,8 @@ the chapter script), runs the experiment the exercise asks for, and prints a sma
 The chapter-13 solutions share their common flags and set-up through ch13_common.py.
 """
 import argparse
-import json
-import os
 from dataclasses import dataclass, replace
 from typing import Optional
-
-
-def print_table(rows, columns):
-    """rows: list of dicts; columns: (title, key, format) triples, e.g. ("dev acc", "dev_acc", "{:.1%}")."""
-    cells = [[fmt.format(r[key]) if r.get(key) is not None else "-" for _, key, fmt in columns] for r in rows]
-    widths = [max(len(title), *(len(c[i]) for c in cells)) for i, (title, _, _) in enumerate(columns)]
-    text = [isinstance(rows[0].get(key), str) for _, key, _ in columns]  # words to the left, numbers to the right
-    line = lambda values: " | ".join(v.ljust(w) if t else v.rjust(w) for v, w, t in zip(values, widths, text))
-    print("\n" + line([title for title, _, _ in columns]))
-    print("-+-".join("-" * w for w in widths))
-    for c in cells:
-        print(line(c))
-
-
-def save_rows(rows, out_dir, name):
-    """The table as JSON in out_dir/name.json, for the exercise's "Measured" line; returns the path."""
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, f"{name}.json")
-    with open(path, "w") as f:
-        json.dump(rows, f, indent=2, default=str)
-    print(f"Results: {path}")
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------- chapter 4

@@ -7,7 +7,8 @@ over many epochs); validation is the same held-out tail every time.
 """
 from dataclasses import replace
 
-from . import chapter4_args, chapter4_parser, chapter4_setup, print_table, save_rows
+from . import chapter4_args, chapter4_parser, chapter4_setup
+from nanoft.report import print_table, save_rows
 from nanoft.causal_lm import best_and_final, fine_tune_lm
 from nanoft.cli import nonneg_int, run_main
 
@@ -42,7 +43,7 @@ def main(argv=None):
                        ("LSTM best", "lstm_best", "{:.1f}"), ("LSTM final", "lstm_final", "{:.1f}"),
                        ("LSTM / GPT-2 (best)", "ratio", "{:.2f}")])
     print("(validation perplexity; 'best' is the lowest of the evaluations, 'final' the last)")
-    save_rows(rows, setup.out_dir, "exercise_data_size")
+    print(f"Written: {save_rows(rows, setup.out_dir, 'exercise_data_size')}")
     return rows
 
 

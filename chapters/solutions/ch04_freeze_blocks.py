@@ -4,7 +4,8 @@ block (and the final LayerNorm), with everything else frozen; perplexity, traina
     python -m chapters.solutions.ch04_freeze_blocks --data-dir ../shared/data
     python -m chapters.solutions.ch04_freeze_blocks --data-dir ../shared/data --blocks all,2,1,0
 """
-from . import chapter4_args, chapter4_parser, chapter4_setup, print_table, save_rows
+from . import chapter4_args, chapter4_parser, chapter4_setup
+from nanoft.report import print_table, save_rows
 from nanoft.causal_lm import best_and_final, fine_tune_lm, train_last_blocks
 from nanoft.cli import nonneg_int, run_main
 
@@ -38,7 +39,7 @@ def main(argv=None):
     print_table(rows, [("blocks trained", "blocks", "{}"), ("trainable", "trainable", "{:,}"),
                        ("best val ppl", "best_ppl", "{:.1f}"), ("final val ppl", "final_ppl", "{:.1f}"),
                        ("training s", "seconds", "{:.0f}"), ("s / step", "s_per_step", "{:.2f}")])
-    save_rows(rows, setup.out_dir, "exercise_freeze_blocks")
+    print(f"Written: {save_rows(rows, setup.out_dir, 'exercise_freeze_blocks')}")
     return rows
 
 

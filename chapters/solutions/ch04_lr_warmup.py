@@ -8,7 +8,8 @@ chapter's --lr help).
 import argparse
 from dataclasses import replace
 
-from . import chapter4_args, chapter4_parser, chapter4_setup, print_table, save_rows
+from . import chapter4_args, chapter4_parser, chapter4_setup
+from nanoft.report import print_table, save_rows
 from nanoft.causal_lm import best_and_final, fine_tune_lm
 from nanoft.cli import nonneg_int, positive_float, run_main
 
@@ -48,7 +49,7 @@ def main(argv=None):
                        ("val ppl then", "first_ppl", "{:.1f}"), ("best val ppl", "best_ppl", "{:.1f}"),
                        ("final val ppl", "final_ppl", "{:.1f}")])
     print(f"(before fine-tuning: perplexity {curve[0]['ppl']:.1f})")
-    save_rows(rows, setup.out_dir, "exercise_lr_warmup")
+    print(f"Written: {save_rows(rows, setup.out_dir, 'exercise_lr_warmup')}")
     return rows
 
 

@@ -8,7 +8,8 @@ from dataclasses import replace
 
 import torch
 
-from . import chapter4_args, chapter4_parser, chapter4_setup, print_table, save_rows
+from . import chapter4_args, chapter4_parser, chapter4_setup
+from nanoft.report import print_table, save_rows
 from nanoft import LSTMConfig, LSTMLM
 from nanoft.causal_lm import best_and_final, fine_tune_lm
 from nanoft.cli import positive_int, run_main
@@ -75,7 +76,7 @@ def main(argv=None):
         print_table([match], [("layers", "layers", "{}"), ("width", "width", "{}"), ("params", "params", "{:,}"),
                               ("LSTM final ppl", "lstm_final_ppl", "{:.1f}"), ("LSTM s", "lstm_seconds", "{:.0f}"),
                               ("GPT-2 final ppl", "gpt2_final_ppl", "{:.1f}"), ("GPT-2 s", "gpt2_seconds", "{:.0f}")])
-    save_rows(rows, setup.out_dir, "exercise_lstm_size")
+    print(f"Written: {save_rows(rows, setup.out_dir, 'exercise_lstm_size')}")
     return rows
 
 
