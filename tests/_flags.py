@@ -1,6 +1,24 @@
-"""The check both chapter scripts' tests make of their numeric flags: 0, -1 or a non-number is refused by argparse
-with exit code 2 and one line that names the flag (0 is allowed where it means something: "all", "none")."""
+"""What the chapter scripts' tests share: a smoke run of a chapter's main() on the shared data or, in a fresh clone,
+the bundled samples; and the check of their numeric flags: 0, -1 or a non-number is refused by argparse with exit
+code 2 and one line that names the flag (0 is allowed where it means something: "all", "none")."""
 import pytest
+import torch
+
+
+def smoke_run(main, argv, shared_data_dir, tmp_path, monkeypatch):
+    """main(argv + --smoke ...) on one thread, with the data of ../shared or, without it, the bundled samples."""
+    if shared_data_dir is None:  # a fresh clone: no data, no network -> the bundled samples
+        monkeypatch.delenv("NANOFT_DATA", raising=False)
+        monkeypatch.setenv("NANOFT_OFFLINE", "1")
+        monkeypatch.setenv("NANOFT_CACHE", str(tmp_path / "cache"))
+        data = []
+    else:
+        data = ["--data-dir", str(shared_data_dir)]
+    threads = torch.get_num_threads()
+    try:  # one thread: on a busy CI machine two threads that wait for each other are several times slower
+        return main(argv + data + ["--smoke", "--no-progress", "--out-dir", str(tmp_path / "out"), "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
 
 ZERO_MEANS_SOMETHING = ("nonneg_int", "fraction", "nonneg_float")
 

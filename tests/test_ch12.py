@@ -6,26 +6,13 @@ import json
 import math
 
 import pytest
-import torch
 
-from _flags import check_numeric_flags_refuse
+from _flags import check_numeric_flags_refuse, smoke_run
 from chapters import ch12_quantized_fine_tuning as ch12
 
 
 def run_chapter(argv, shared_data_dir, tmp_path, monkeypatch):
-    if shared_data_dir is None:  # a fresh clone: no data, no network -> the bundled samples
-        monkeypatch.delenv("NANOFT_DATA", raising=False)
-        monkeypatch.setenv("NANOFT_OFFLINE", "1")
-        monkeypatch.setenv("NANOFT_CACHE", str(tmp_path / "cache"))
-        data = []
-    else:
-        data = ["--data-dir", str(shared_data_dir)]
-    threads = torch.get_num_threads()
-    try:  # one thread: on a busy CI machine two threads that wait for each other are several times slower
-        return ch12.main(argv + data + ["--smoke", "--no-progress", "--out-dir", str(tmp_path / "out"),
-                                        "--threads", "1"])
-    finally:
-        torch.set_num_threads(threads)
+    return smoke_run(ch12.main, argv, shared_data_dir, tmp_path, monkeypatch)
 
 
 def test_chapter_runs_every_method_on_both_tasks_and_prints_one_table(shared_data_dir, tmp_path, monkeypatch,

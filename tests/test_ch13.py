@@ -8,28 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from _flags import check_numeric_flags_refuse
+from _flags import check_numeric_flags_refuse, smoke_run
 from chapters import ch13_language_understanding as ch13
 
 SCRIPT = Path(ch13.__file__)
 
 
 def run_chapter(argv, shared_data_dir, tmp_path, monkeypatch):
-    if shared_data_dir is None:  # a fresh clone: no data, no network -> the bundled samples
-        monkeypatch.delenv("NANOFT_DATA", raising=False)
-        monkeypatch.setenv("NANOFT_OFFLINE", "1")
-        monkeypatch.setenv("NANOFT_CACHE", str(tmp_path / "cache"))
-        data = []
-    else:
-        data = ["--data-dir", str(shared_data_dir)]
-    threads = torch.get_num_threads()
-    try:  # one thread: on a busy CI machine two threads that wait for each other are several times slower
-        return ch13.main(argv + data + ["--smoke", "--no-progress", "--out-dir", str(tmp_path / "out"),
-                                        "--threads", "1", "--seeds", "2"])
-    finally:
-        torch.set_num_threads(threads)
+    return smoke_run(ch13.main, argv + ["--seeds", "2"], shared_data_dir, tmp_path, monkeypatch)
 
 
 def test_chapter_runs_end_to_end_and_prints_one_table(shared_data_dir, tmp_path, monkeypatch, capsys):
