@@ -155,7 +155,8 @@ def config(args, task, lr):
 
 
 def nbytes(model):
-    return model_nbytes(model)["quantized"] + model_nbytes(model)["full"]
+    b = model_nbytes(model)
+    return b["quantized"] + b["full"]
 
 
 def fresh(task, args):

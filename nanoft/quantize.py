@@ -123,18 +123,14 @@ class Int8Linear(QuantizedLinear):
         return dequantize_int8(self.qweight, self.scale, dtype)  # (out, in)
 
     def forward(self, x):
-        if self.kernel == "fbgemm" and not (torch.is_grad_enabled() and x.requires_grad):
+        inference = not (torch.is_grad_enabled() and x.requires_grad)  # a gradient goes through F.linear below
+        if self.kernel == "fbgemm" and inference:
             if self._fbgemm is None:
                 self._fbgemm = fbgemm_pack(self.qweight, self.scale, self.bias)
             return int8_linear(x, self.qweight, self.scale, kernel="fbgemm", packed=self._fbgemm)
-        inference = not (torch.is_grad_enabled() and x.requires_grad)
-        if self.kernel == "auto" and inference and x.numel() <= self.AUTO_ROWS * x.size(-1):
-            dtype = self.activation_dtype or self.compute_dtype(x)
-            if dtype == torch.bfloat16 and int8pack_available(x):
-                y = int8_linear(x.to(dtype), self.qweight, self.scale, self.bias, kernel="int8pack")
-                return y.to(x.dtype) if self.activation_dtype else y
-        if self.kernel == "int8pack" and inference:
-            dtype = self.activation_dtype or self.compute_dtype(x)
+        dtype = self.activation_dtype or self.compute_dtype(x)
+        fast = dtype == torch.bfloat16 and int8pack_available(x) and x.numel() <= self.AUTO_ROWS * x.size(-1)
+        if inference and (self.kernel == "int8pack" or (self.kernel == "auto" and fast)):
             y = int8_linear(x.to(dtype), self.qweight, self.scale, self.bias, kernel="int8pack")
             return y.to(x.dtype) if self.activation_dtype else y
         return super().forward(x)
