@@ -62,7 +62,9 @@ def int8_linear(x, q, scale, bias=None, kernel="int8pack", packed=None):
     matmul, where it exists for x's device and dtype), "dequantize" (the weight back to x's dtype, then F.linear),
     or "fbgemm" (activations rounded to int8 as well; packed = fbgemm_pack(q, scale, bias), which holds the bias)."""
     if kernel == "fbgemm":
-        y = torch.ops.quantized.linear_dynamic(x.float().reshape(-1, x.size(-1)), packed)  # (N, out) from (N, in)
+        # reduce_range: 7-bit activations, as torch's own dynamic Linear asks for. Without VNNI (AVX2, e.g. Zen 3)
+        # fbgemm adds pairs of uint8 x int8 products in int16, which saturates on 8-bit activations
+        y = torch.ops.quantized.linear_dynamic(x.float().reshape(-1, x.size(-1)), packed, reduce_range=True)  # (N, out)
         return y.view(*x.shape[:-1], q.size(0)).to(x.dtype)
     if kernel == "int8pack" and int8pack_available(x):
         y = torch._weight_int8pack_mm(x.reshape(-1, x.size(-1)), q, scale.to(x.dtype))  # (N, out) from (N, in)
