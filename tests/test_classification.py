@@ -9,7 +9,7 @@ from nanoft.data import SAMPLE_DIR, read_sst2
 from nanoft.heads import ClassificationHead, MultiTaskModel
 from nanoft.batching import Collate
 from nanoft.classification import (carve_validation, encode_sentences, evaluate_accuracy, fine_tune_classifier,
-                                   fine_tune_frozen, load_sst2, predict_logits, sentence_classifier, sentence_vectors)
+                                   fine_tune_frozen, load_sst2, predict_logits, sentence_vectors)
 from nanoft.train import TrainConfig
 from nanoft.tokenizer import load_bert_tokenizer
 

@@ -3,7 +3,6 @@ the real public files (../shared/data) and on the bundled samples. Downloads go 
 import hashlib
 import http.server
 import io
-import json
 import shutil
 import threading
 import zipfile

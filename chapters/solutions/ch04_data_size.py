@@ -10,12 +10,12 @@ from dataclasses import replace
 from . import chapter4_args, chapter4_parser, chapter4_setup
 from nanoft.report import print_table, save_rows
 from nanoft.causal_lm import best_and_final, fine_tune_lm
-from nanoft.cli import nonneg_int, run_main
+from nanoft.cli import list_of, nonneg_int, run_main
 
 
 def build_parser():
     p = chapter4_parser(__doc__)
-    p.add_argument("--train-tokens", type=lambda t: [nonneg_int(x) for x in t.split(",")], default="20000,80000,0",
+    p.add_argument("--train-tokens", type=list_of(nonneg_int, "20000,0"), default="20000,80000,0",
                    help="comma-separated training set sizes in tokens (0 = all, the chapter's own run)")
     return p
 

@@ -12,12 +12,12 @@ from . import chapter4_args, chapter4_parser, chapter4_setup
 from nanoft.report import print_table, save_rows
 from nanoft import LSTMConfig, LSTMLM
 from nanoft.causal_lm import best_and_final, fine_tune_lm
-from nanoft.cli import positive_int, run_main
+from nanoft.cli import list_of, positive_int, run_main
 
 
 def build_parser():
     p = chapter4_parser(__doc__)
-    p.add_argument("--layers", type=lambda t: [positive_int(x) for x in t.split(",")], default="1,2,3,4",
+    p.add_argument("--layers", type=list_of(positive_int, "1,2"), default="1,2,3,4",
                    help="LSTM depths to size (embedding = hidden = the width found)")
     p.add_argument("--train", action="store_true",
                    help="then train the matched LSTM of depth --train-layers against GPT-2, fine-tuned again beside "

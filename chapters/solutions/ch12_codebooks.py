@@ -19,7 +19,7 @@ import torch
 
 from nanoft import BERT, GPT2
 from nanoft.assets import minilm_dir
-from nanoft.cli import HelpFormatter, run_main
+from nanoft.cli import HelpFormatter, list_of, positive_int, run_main
 from nanoft.hf_modules import block_linears
 from nanoft.nf4 import dequantize_blockwise, dequantize_nf4, quantize_blockwise, quantize_nf4
 from nanoft.report import print_table, save_rows
@@ -27,21 +27,11 @@ from nanoft.report import print_table, save_rows
 INT4_CODE = torch.arange(-7, 8, dtype=torch.float32) / 7  # 15 uniform values in [-1, 1], 0 among them
 
 
-def block_sizes(text):
-    try:
-        sizes = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
-    if any(s < 2 for s in sizes):
-        raise argparse.ArgumentTypeError(f"{text!r}: every block size must be at least 2")
-    return sizes
-
-
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--model", default=None, help="a BERT (local folder or hub id); default: the real all-MiniLM-L6-v2")
     p.add_argument("--gpt2", default=None, help="also a GPT-2 (a local Hugging Face folder or a hub id)")
-    p.add_argument("--blocks", type=block_sizes, default=[32, 64, 128, 256], help="block sizes, comma-separated")
+    p.add_argument("--blocks", type=list_of(positive_int, "32,64"), default=[32, 64, 128, 256], help="block sizes, comma-separated")
     p.add_argument("--out-dir", default="runs/ch12", help="where exercise_codebooks.json goes")
     p.add_argument("--smoke", action="store_true", help="one block size, the first layer only: does it run?")
     return p

