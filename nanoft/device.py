@@ -4,7 +4,9 @@
 environment (WORLD_SIZE, RANK, LOCAL_RANK); a plain `python` run is simply world size 1. train.py calls
 these once, before the loop.
 """
+import ctypes
 import os
+import platform
 from contextlib import nullcontext
 from functools import partial
 from typing import Optional
@@ -105,6 +107,36 @@ def autocast_for(precision: str, device: torch.device):
     # Autocast runs matmuls in bf16 from bf16 copies of the fp32 weights; the weights and their gradients
     # (and so the optimizer) stay fp32, so small updates are not rounded away
     return partial(torch.autocast, device.type, dtype=dtype), precision == "fp16"
+
+
+_kept = []  # the threshold keep_freed_memory set in this process, once
+
+
+def keep_freed_memory(limit: int = 1 << 30) -> Optional[int]:
+    """Tell glibc's malloc to keep freed blocks of up to `limit` bytes for reuse instead of handing them back to
+    the OS; returns the limit it took (None where this is not Linux with glibc, or glibc refused).
+
+    Why: torch's CPU allocator has no cache of its own, so each tensor is a malloc and a free. glibc serves a
+    block over its mmap threshold (32 MiB at most) with a fresh mmap and unmaps it when freed, so a training
+    step's large tensors (a GPT-2's logits: 8 x 128 x 50,257 floats, 206 MB) come back as new pages every step,
+    and the kernel zeroes each page on first touch. On the 2-core Zen 3 here that was 200k page faults and
+    0.8-0.9 s of system time a step of chapter 4's small GPT-2, 1.3-1.45 s in all; with the blocks kept, 0.83 s.
+    The cost: the resident size stays at the largest step's peak (1.17 -> 1.75 GB there) instead of falling
+    between steps. Process-wide, so it also speeds up evaluation and anything else in the same process."""
+    if _kept:
+        return _kept[0]
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    mallopt = ctypes.CDLL("libc.so.6").mallopt
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
+    # an older glibc refuses an mmap threshold over 32 MiB (half its HEAP_MAX_SIZE): then 32 MiB is the best it takes
+    for value in (min(limit, 2**31 - 1), 32 << 20):
+        if mallopt(M_MMAP_THRESHOLD, value) == 1:
+            mallopt(M_TRIM_THRESHOLD, value)  # and do not give the heap's top back after each large free either
+            _kept.append(value)
+            return value
+    return None
 
 
 def to_device(batch, device):

@@ -1,4 +1,7 @@
 """Device and precision choice: what "auto" means on this machine, and the errors that name the fix."""
+import os
+import platform
+import subprocess
 import sys
 from collections import namedtuple
 from contextlib import nullcontext
@@ -97,3 +100,29 @@ def test_one_process_without_torchrun(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert setup_distributed("cpu") == (0, 1, False)
     assert gather({"a": 1}, world=1) == [{"a": 1}]
+
+
+KEEP_FREED = """
+import resource, torch
+from nanoft.device import keep_freed_memory
+def page_faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(4):
+        torch.ones(64 << 20)  # 256 MB written and freed at once, as a training step's logits are
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+plain = page_faults()
+print(keep_freed_memory(), keep_freed_memory())
+page_faults()  # the heap grows to hold the block once
+print(plain, page_faults())
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only")
+def test_keep_freed_memory_stops_page_faulting_large_tensors_back():
+    # a child process: the setting is process-wide and cannot be undone
+    out = subprocess.run([sys.executable, "-c", KEEP_FREED], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    took, plain, kept = out.stdout.split()[:2], *map(int, out.stdout.split()[2:])
+    assert took == [str(1 << 30)] * 2  # glibc took the 1 GiB threshold, once
+    assert kept * 10 < plain, (plain, kept)  # 4 x 65,536 faults of 4 KiB pages without it, next to none with it

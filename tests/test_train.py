@@ -286,6 +286,14 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, bad):
         assert torch.isfinite(p).all() and torch.equal(p, ckpt["model"][name]), name
 
 
+@pytest.mark.parametrize("keep", [True, False])
+def test_cpu_runs_keep_freed_memory_unless_told_not_to(monkeypatch, keep):
+    calls = []
+    monkeypatch.setattr(sys.modules["nanoft.train"], "keep_freed_memory", lambda: calls.append(1))
+    train(TinyNet(), tiny_dataset(8), loss_fn, cfg_for(max_steps=1, keep_freed_memory=keep))
+    assert calls == ([1] if keep else [])
+
+
 def test_empty_dataset_and_oversized_batch_fail_before_training():
     def never(m, b):
         raise AssertionError("training started")
