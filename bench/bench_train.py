@@ -19,6 +19,9 @@ code uses it:
          pooler, as a classification fine-tune uses them), with half the batch padded.
   AdamW: nanoft.optim.build_optimizer (what nanoft.train uses) against torch.optim.AdamW(fused=True),
          which is what transformers' Trainer uses by default ("adamw_torch_fused") with torch >= 2.8.
+  malloc: glibc's defaults, as a transformers run has them; --keep-freed-memory sets up, for both libraries,
+         what nanoft.train does on a Linux CPU (nanoft.device.keep_freed_memory: freed blocks stay in the heap
+         instead of being unmapped, so the next step's large tensors need no fresh pages).
 Forward: inference_mode, the logits (GPT-2) or the hidden states (BERT) of the same batch.
 Memory: measured in a child process per library (so one library's peak cannot hide the other's): the
 extra memory a forward / a training step needs on top of the loaded model, i.e. activations, gradients
@@ -43,7 +46,7 @@ import torch.nn.functional as F
 
 from common import CONFIGS, add_common_args, build_pair, interleaved, machine, print_table, setup
 
-from nanoft.device import resolve_precision
+from nanoft.device import keep_freed_memory, resolve_precision
 from nanoft.optim import build_optimizer
 
 
@@ -203,6 +206,9 @@ def main(argv=None):
                    help="autocast precisions to time, both libraries under the same one (fp32: none); "
                         "default fp32 and bf16")
     p.add_argument("--compile", action="store_true", help="wrap both models in torch.compile")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="CPU, Linux: glibc keeps freed blocks for reuse in this process, both libraries, as nanoft.train "
+                        "sets it up (nanoft.device.keep_freed_memory); default: glibc's own setting, as transformers has")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
     p.add_argument("--profile", action="store_true",
                    help="CPU: also split one training step of each library into matmuls and the rest (torch.profiler)")
@@ -216,7 +222,9 @@ def main(argv=None):
         return child(args)
 
     auto, why = resolve_precision("auto", torch.device(args.device))
+    kept = keep_freed_memory() if args.keep_freed_memory and args.device == "cpu" else None
     print(f"machine: {machine(args.device)}")
+    print(f"glibc malloc: {f'freed blocks up to {kept >> 20} MiB kept for reuse' if kept else 'its defaults'}")
     print(f"nanoft precision='auto' here: {auto} ({why})")
     print(f"batch {args.batch} x seq {args.seq}, {' and '.join(args.dtypes)}{', torch.compile' if args.compile else ''}, "
           f"median of {args.repeats} interleaved repeats after {args.warmup} warm-up, "
