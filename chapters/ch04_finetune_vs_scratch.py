@@ -33,7 +33,7 @@ from nanoft.train import TrainConfig, seed_everything
 
 EXAMPLES = """first run it small (seconds: a toy pretraining and 4 steps; its numbers mean nothing):
   python chapters/ch04_finetune_vs_scratch.py --data-dir ../shared/data --smoke
-the chapter's run (about 8 min on 2 cores once the small GPT-2 is cached; its pretraining adds about 7, once):
+the chapter's run (about 10 min on 2 cores once the small GPT-2 is cached; its pretraining adds about 7, once):
   python chapters/ch04_finetune_vs_scratch.py --data-dir ../shared/data
 Writes OUT_DIR/ch04_results.json and OUT_DIR/ch04_perplexity.png; the offline model is cached in
 $NANOFT_CACHE/models (default ~/.cache/nanoft/models). NANOFT_DEBUG=1 shows tracebacks of user errors."""
