@@ -27,11 +27,19 @@ from nanoft.report import print_table, save_rows
 INT4_CODE = torch.arange(-7, 8, dtype=torch.float32) / 7  # 15 uniform values in [-1, 1], 0 among them
 
 
+def block_size(text) -> int:
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: every block size must be at least 2")
+    return value
+
+
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--model", default=None, help="a BERT (local folder or hub id); default: the real all-MiniLM-L6-v2")
     p.add_argument("--gpt2", default=None, help="also a GPT-2 (a local Hugging Face folder or a hub id)")
-    p.add_argument("--blocks", type=list_of(positive_int, "32,64"), default=[32, 64, 128, 256], help="block sizes, comma-separated")
+    p.add_argument("--blocks", type=list_of(block_size, "32,64"), default=[32, 64, 128, 256],
+                   help="block sizes, comma-separated")
     p.add_argument("--out-dir", default="runs/ch12", help="where exercise_codebooks.json goes")
     p.add_argument("--smoke", action="store_true", help="one block size, the first layer only: does it run?")
     return p
