@@ -5,7 +5,7 @@
 
 SST-2's training sentences run from 2 to about 60 tokens, and nanoft.sst2.Collate pads each batch to its
 longest one, so in a random batch most slots are [PAD]. TrainConfig(group_by_length=True) batches similar
-lengths together (nanoft.train.grouped_batches). This script
+lengths together (nanoft.training.train.grouped_batches). This script
   1. counts the padding share (padding slots / all slots) over one epoch of each order, with the batch size
      and max_len of chapter 13's default run (32, 64): no model needed;
   2. times the same number of training steps of chapter 13's SST-2 model (MiniLM + a classification head)
@@ -30,10 +30,10 @@ from common import add_common_args, machine, print_table, setup  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from nanoft.bert import BERT  # noqa: E402
-from nanoft.data import dataset_path, read_sst2  # noqa: E402
-from nanoft.tokenizer import load_bert_tokenizer  # noqa: E402
-from nanoft.train import TrainConfig, grouped_batches, train  # noqa: E402
+from nanoft.models.bert import BERT  # noqa: E402
+from nanoft.data.datasets import dataset_path, read_sst2  # noqa: E402
+from nanoft.io.tokenizer import load_bert_tokenizer  # noqa: E402
+from nanoft.training.train import TrainConfig, grouped_batches, train  # noqa: E402
 
 
 class Classifier(nn.Module):

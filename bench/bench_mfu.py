@@ -3,8 +3,8 @@
     python bench/bench_mfu.py                        # batch 16 x 1024; the peak is looked up from the GPU's name
     python bench/bench_mfu.py --peak-tflops 312      # any other card: its dense bf16 peak, in TFLOP/s
 
-The step is what nanoft.train runs: bf16 autocast, forward with the loss (model(x, targets=y)), backward,
-AdamW from nanoft.optim.build_optimizer (the fused CUDA kernel), zero_grad.
+The step is what nanoft.training.train runs: bf16 autocast, forward with the loss (model(x, targets=y)), backward,
+AdamW from nanoft.training.optim.build_optimizer (the fused CUDA kernel), zero_grad.
 FLOPs per token follow the PaLM paper's appendix B, as nanoGPT's estimate_mfu does: 6 N for the weight
 matmuls forward and backward, where N counts every parameter but the position embedding (the tied wte
 counts once, as the LM head's matmul), plus 12 L T C for attention scores and their use, T the sequence.
@@ -18,7 +18,7 @@ import torch
 from common import machine, print_table
 
 from nanoft import GPT2, GPT2Config
-from nanoft.optim import build_optimizer
+from nanoft.training.optim import build_optimizer
 
 # dense bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s (the 2:4-sparsity figures are twice these)
 PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0), ("L40S", 362.0),

@@ -21,11 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_batching import Classifier, collate, encode, minilm_dir  # noqa: E402
 from common import add_common_args, machine, print_table, setup  # noqa: E402
 
-from nanoft.bert import BERT  # noqa: E402
-from nanoft.data import dataset_path, read_sst2  # noqa: E402
-from nanoft.device import autocast_for  # noqa: E402
-from nanoft.tokenizer import load_bert_tokenizer  # noqa: E402
-from nanoft.train import TrainConfig, seed_everything, train  # noqa: E402
+from nanoft.models.bert import BERT  # noqa: E402
+from nanoft.data.datasets import dataset_path, read_sst2  # noqa: E402
+from nanoft.training.device import autocast_for  # noqa: E402
+from nanoft.io.tokenizer import load_bert_tokenizer  # noqa: E402
+from nanoft.training.train import TrainConfig, seed_everything, train  # noqa: E402
 
 
 @torch.no_grad()

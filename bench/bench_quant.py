@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from common import add_common_args, build_pair, interleaved, machine, print_table, setup
 
 from nanoft import GPT2
-from nanoft.lora import add_lora, trainable_parameters
-from nanoft.quantize import load_quantized, model_nbytes, quantize_model
+from nanoft.quant.lora import add_lora, trainable_parameters
+from nanoft.quant.quantize import load_quantized, model_nbytes, quantize_model
 
 KERNELS = {"int8pack fp32": dict(kernel="int8pack"),
            "int8pack bf16": dict(kernel="int8pack", activation_dtype=torch.bfloat16),

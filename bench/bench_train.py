@@ -7,20 +7,20 @@
 
 Each precision is timed with both libraries under the same autocast (fp32: none), and all of them in one
 rotation (nanoft fp32, HF fp32, nanoft bf16, HF bf16, ...), so every ratio below comes from the same turns.
-The row "each library's default" sets nanoft's precision="auto" (nanoft.device: bf16 autocast where the CPU
+The row "each library's default" sets nanoft's precision="auto" (nanoft.training.device: bf16 autocast where the CPU
 or GPU has bf16) against transformers' default, fp32 (Trainer's bf16=False).
 
 A training step is forward + loss + backward + AdamW step, each library used the way its own training
 code uses it:
   GPT-2: next-token cross-entropy over the same 8 x 127 predictions. transformers computes it inside the
          model from `labels=ids` (it shifts the labels); nanoft from `targets` (ids shifted by one, -100 last),
-         as nanoft.lm_data feeds it. Both losses are checked to be equal before anything is timed.
+         as nanoft.data.lm_data feeds it. Both losses are checked to be equal before anything is timed.
   BERT:  a mean-square loss on the last hidden state and on the pooler output (the encoder and the
          pooler, as a classification fine-tune uses them), with half the batch padded.
-  AdamW: nanoft.optim.build_optimizer (what nanoft.train uses) against torch.optim.AdamW(fused=True),
+  AdamW: nanoft.training.optim.build_optimizer (what nanoft.training.train uses) against torch.optim.AdamW(fused=True),
          which is what transformers' Trainer uses by default ("adamw_torch_fused") with torch >= 2.8.
   malloc: glibc's defaults, as a transformers run has them; --keep-freed-memory sets up, for both libraries,
-         what nanoft.train does on a Linux CPU (nanoft.device.keep_freed_memory: freed blocks stay in the heap
+         what nanoft.training.train does on a Linux CPU (nanoft.training.device.keep_freed_memory: freed blocks stay in the heap
          instead of being unmapped, so the next step's large tensors need no fresh pages).
 Forward: inference_mode, the logits (GPT-2) or the hidden states (BERT) of the same batch.
 Memory: measured in a child process per library (so one library's peak cannot hide the other's): the
@@ -46,8 +46,8 @@ import torch.nn.functional as F
 
 from common import CONFIGS, add_common_args, build_pair, interleaved, machine, print_table, setup
 
-from nanoft.device import keep_freed_memory, resolve_precision
-from nanoft.optim import build_optimizer
+from nanoft.training.device import keep_freed_memory, resolve_precision
+from nanoft.training.optim import build_optimizer
 
 
 def make_batch(batch, seq, device):
@@ -207,8 +207,8 @@ def main(argv=None):
                         "default fp32 and bf16")
     p.add_argument("--compile", action="store_true", help="wrap both models in torch.compile")
     p.add_argument("--keep-freed-memory", action="store_true",
-                   help="CPU, Linux: glibc keeps freed blocks for reuse in this process, both libraries, as nanoft.train "
-                        "sets it up (nanoft.device.keep_freed_memory); default: glibc's own setting, as transformers has")
+                   help="CPU, Linux: glibc keeps freed blocks for reuse in this process, both libraries, as nanoft.training.train "
+                        "sets it up (nanoft.training.device.keep_freed_memory); default: glibc's own setting, as transformers has")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
     p.add_argument("--profile", action="store_true",
                    help="CPU: also split one training step of each library into matmuls and the rest (torch.profiler)")

@@ -12,7 +12,7 @@ same token ids, with the same training loop, and are measured the same way. What
      the LSTM's final perplexity;
   6. a plot and a sample from each model for the same prompt, then the files written.
 
-The recipe (task tokens, blocks, fine_tune_lm, perplexity, samples, the offline GPT-2) is nanoft/causal_lm.py.
+The recipe (task tokens, blocks, fine_tune_lm, perplexity, samples, the offline GPT-2) is nanoft/recipes/causal_lm.py.
 """
 import argparse
 import json
@@ -21,15 +21,15 @@ from dataclasses import replace
 
 import torch
 
-from nanoft.causal_lm import (OFFLINE, SMALL_GPT2_LR, TASK_TOKENS, GPT2_LR, PretrainConfig, add_task_tokens,
+from nanoft.recipes.causal_lm import (OFFLINE, SMALL_GPT2_LR, TASK_TOKENS, GPT2_LR, PretrainConfig, add_task_tokens,
                               default_lr, fine_tune_lm, first_reaching, load_pretrained_gpt2, plot_curves, sample,
                               task_blocks, task_ids, train_last_blocks)
-from nanoft.cli import fraction, nonneg_float, nonneg_int, positive_float, positive_int, run_main
-from nanoft.data import dataset_path, read_text
-from nanoft.device import pick_device, resolve_precision
-from nanoft.lm_data import split_examples
-from nanoft.lstm import LSTMConfig, LSTMLM
-from nanoft.train import TrainConfig, seed_everything
+from nanoft.cli.flags import fraction, nonneg_float, nonneg_int, positive_float, positive_int, run_main
+from nanoft.data.datasets import dataset_path, read_text
+from nanoft.training.device import pick_device, resolve_precision
+from nanoft.data.lm_data import split_examples
+from nanoft.models.lstm import LSTMConfig, LSTMLM
+from nanoft.training.train import TrainConfig, seed_everything
 
 EXAMPLES = """first run it small (seconds: a toy pretraining and 4 steps; its numbers mean nothing):
   python chapters/ch04_finetune_vs_scratch.py --data-dir ../shared/data --smoke

@@ -11,15 +11,15 @@ words of Wikipedia; the train file is not needed). What you will see:
     (config.json + model.safetensors + tokenizer.json), which GPT2.from_pretrained loads like any GPT-2.
 
 Run it on its own, or let ch04_finetune_vs_scratch.py call it: that script reuses the saved model when it exists.
-The recipe is nanoft.causal_lm.pretrain_small_gpt2; this script is its command line.
+The recipe is nanoft.recipes.causal_lm.pretrain_small_gpt2; this script is its command line.
 """
 import argparse
 
 import torch
 
-from nanoft.causal_lm import PretrainConfig, pretrain_small_gpt2
-from nanoft.cli import fraction, nonneg_float, nonneg_int, positive_float, positive_int, run_main
-from nanoft.train import seed_everything
+from nanoft.recipes.causal_lm import PretrainConfig, pretrain_small_gpt2
+from nanoft.cli.flags import fraction, nonneg_float, nonneg_int, positive_float, positive_int, run_main
+from nanoft.training.train import seed_everything
 
 EXAMPLES = """first run it small (seconds; saved in a folder of its own, never used as the chapter's model):
   python chapters/ch04_pretrain_small_gpt2.py --data-dir ../shared/data --smoke

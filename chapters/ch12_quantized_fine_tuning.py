@@ -33,18 +33,18 @@ from typing import Callable
 import torch
 
 from nanoft import BERT, TrainConfig, load_bert_tokenizer, seed_everything
-from nanoft.assets import minilm_dir
-from nanoft.causal_lm import OFFLINE, PretrainConfig, evaluate_perplexity, fine_tune_lm, load_pretrained_gpt2, \
+from nanoft.io.assets import minilm_dir
+from nanoft.recipes.causal_lm import OFFLINE, PretrainConfig, evaluate_perplexity, fine_tune_lm, load_pretrained_gpt2, \
     task_blocks
-from nanoft.classification import evaluate_accuracy, fine_tune_classifier, load_sst2, sentence_classifier
-from nanoft.cli import (BERT_HELP, HelpFormatter, add_io_flags, add_run_flags, add_size_flags, fill_sizes, fraction,
+from nanoft.recipes.classification import evaluate_accuracy, fine_tune_classifier, load_sst2, sentence_classifier
+from nanoft.cli.flags import (BERT_HELP, HelpFormatter, add_io_flags, add_run_flags, add_size_flags, fill_sizes, fraction,
                         nonneg_int, positive_float, positive_int, run_main)
-from nanoft.data import dataset_path, read_text
-from nanoft.lm_data import split_examples
-from nanoft.lora import add_lora, trainable_parameters
-from nanoft.qat import convert_qat, prepare_qat
-from nanoft.quantize import model_nbytes, quantize_model
-from nanoft.report import print_table, write_results
+from nanoft.data.datasets import dataset_path, read_text
+from nanoft.data.lm_data import split_examples
+from nanoft.quant.lora import add_lora, trainable_parameters
+from nanoft.quant.qat import convert_qat, prepare_qat
+from nanoft.quant.quantize import model_nbytes, quantize_model
+from nanoft.cli.report import print_table, write_results
 
 METHODS = ("full", "lora", "qlora", "ptq", "qat")
 TASKS = ("sst2", "shakespeare")

@@ -25,17 +25,17 @@ from dataclasses import replace
 import torch
 
 from nanoft import BERT, BertForMaskedLM, TrainConfig, load_bert_tokenizer, seed_everything
-from nanoft.assets import minilm_dir
-from nanoft.batching import Collate
-from nanoft.classification import (evaluate_accuracy, fine_tune_classifier, fine_tune_frozen, load_sst2,
+from nanoft.io.assets import minilm_dir
+from nanoft.training.batching import Collate
+from nanoft.recipes.classification import (evaluate_accuracy, fine_tune_classifier, fine_tune_frozen, load_sst2,
                                    sentence_classifier, subset)
-from nanoft.cli import (HelpFormatter, add_io_flags, add_run_flags, add_size_flags, fill_sizes, float_list, fraction,
+from nanoft.cli.flags import (HelpFormatter, add_io_flags, add_run_flags, add_size_flags, fill_sizes, float_list, fraction,
                         nonneg_int, positive_float, positive_int, run_main)
-from nanoft.extractive_qa import evaluate_qa, fine_tune_qa, load_squad, span_model
-from nanoft.heads import ClassificationHead, MultiTaskModel, SpanHead, freeze_encoder
-from nanoft.mixing import MultiTaskBatches, exact_schedule, fine_tune_multitask
-from nanoft.mlm import continue_pretraining
-from nanoft.report import print_table, write_results
+from nanoft.recipes.extractive_qa import evaluate_qa, fine_tune_qa, load_squad, span_model
+from nanoft.models.heads import ClassificationHead, MultiTaskModel, SpanHead, freeze_encoder
+from nanoft.recipes.mixing import MultiTaskBatches, exact_schedule, fine_tune_multitask
+from nanoft.recipes.mlm import continue_pretraining
+from nanoft.cli.report import print_table, write_results
 
 METHODS = ("heads", "tapt", "multitask", "frozen")
 RECIPES = ("quick", "standard", "smoke")

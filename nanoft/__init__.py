@@ -1,23 +1,50 @@
 """nanoft: fine-tuning large language models in small, readable PyTorch.
 
-The public names, one import away. Each lives in a file of its own that reads top to bottom:
-models in gpt2.py, bert.py and lstm.py, each with its from_pretrained/save_pretrained (Hugging Face folders are
-read and written by hf_files.py, with weights.py and hub.py below it); task heads in heads.py; the training
-loop in train.py. The recipes, one file per kind of task, are imported from their modules:
-nanoft.classification, nanoft.extractive_qa, nanoft.mlm (continued pre-training), nanoft.mixing (multi-task) and
-nanoft.causal_lm; LoRA and quantization from nanoft.lora, nanoft.nf4, nanoft.int8, nanoft.qat and nanoft.quantize.
+The package is in floors, each a folder, and each file imports only from the floors below it:
+
+    nanoft/io/        files, safetensors and .bin weights, the hub, Hugging Face folders, tokenizers, assets
+    nanoft/models/    GPT-2, BERT, the LSTM baseline, task heads, attention, decoding
+    nanoft/training/  the training loop, the optimizer and schedule, device and precision, batching, run files
+    nanoft/quant/     LoRA, NF4, int8, quantized loading, quantization-aware training
+    nanoft/data/      the data sets (where each comes from, the readers) and the metrics
+    nanoft/recipes/   one file per kind of task: what you call to fine-tune your own model on your own data
+    nanoft/cli/       the chapter scripts' flags and reports (the library never imports it)
+
+Every public name is importable from here, so that code outside nanoft does not depend on the folders:
+`from nanoft import GPT2, add_lora, fine_tune_classifier, minilm_dir`.
 """
-from nanoft.gpt2 import GPT2, GPT2Config
-from nanoft.bert import BERT, BertConfig, BertForMaskedLM, BertMLMHead
-from nanoft.lstm import LSTMLM, LSTMConfig
-from nanoft.heads import ClassificationHead, MultiTaskModel, SpanHead, classification_loss, freeze_encoder, span_loss
-from nanoft.tokenizer import Tokenizer, add_special_tokens, load_bert_tokenizer, load_gpt2_tokenizer
-from nanoft.run_files import load_checkpoint, plot_log
-from nanoft.train import TrainConfig, TrainResult, seed_everything, train
+from nanoft.io.assets import minilm_dir
+from nanoft.io.tokenizer import Tokenizer, add_special_tokens, load_bert_tokenizer, load_gpt2_tokenizer
+from nanoft.models.bert import BERT, BertConfig, BertForMaskedLM, BertMLMHead
+from nanoft.models.gpt2 import GPT2, GPT2Config
+from nanoft.models.heads import (ClassificationHead, MultiTaskModel, SpanHead, classification_loss, freeze_encoder,
+                                 span_loss)
+from nanoft.models.lstm import LSTMLM, LSTMConfig
+from nanoft.training.run_files import load_checkpoint, plot_log
+from nanoft.training.train import TrainConfig, TrainResult, seed_everything, train
+from nanoft.quant.lora import (add_lora, load_adapter, merge_and_unload, merge_lora, save_adapter,
+                               trainable_parameters, unmerge_lora)
+from nanoft.quant.qat import convert_qat, prepare_qat
+from nanoft.quant.quantize import load_quantized, model_nbytes, quantize_model
+from nanoft.data.datasets import dataset_path, read_sst2, read_text
+from nanoft.data.metrics import accuracy, perplexity
+from nanoft.data.squad import squad_evaluate
+from nanoft.recipes.classification import (evaluate_accuracy, fine_tune_classifier, fine_tune_frozen, load_sst2,
+                                           sentence_classifier)
+from nanoft.recipes.extractive_qa import evaluate_qa, fine_tune_qa, load_squad, span_model
+from nanoft.recipes.mlm import continue_pretraining
+from nanoft.recipes.mixing import fine_tune_multitask
+from nanoft.recipes.causal_lm import evaluate_perplexity, fine_tune_lm
 
 __all__ = [
-    "GPT2", "GPT2Config", "BERT", "BertConfig", "BertForMaskedLM", "BertMLMHead", "LSTMLM", "LSTMConfig",
+    "minilm_dir", "Tokenizer", "add_special_tokens", "load_bert_tokenizer", "load_gpt2_tokenizer",
+    "BERT", "BertConfig", "BertForMaskedLM", "BertMLMHead", "GPT2", "GPT2Config", "LSTMLM", "LSTMConfig",
     "ClassificationHead", "SpanHead", "MultiTaskModel", "classification_loss", "span_loss", "freeze_encoder",
-    "Tokenizer", "load_gpt2_tokenizer", "load_bert_tokenizer", "add_special_tokens",
     "TrainConfig", "TrainResult", "train", "seed_everything", "load_checkpoint", "plot_log",
+    "add_lora", "save_adapter", "load_adapter", "merge_lora", "unmerge_lora", "merge_and_unload",
+    "trainable_parameters", "prepare_qat", "convert_qat", "load_quantized", "model_nbytes", "quantize_model",
+    "dataset_path", "read_sst2", "read_text", "accuracy", "perplexity", "squad_evaluate",
+    "sentence_classifier", "load_sst2", "fine_tune_classifier", "fine_tune_frozen", "evaluate_accuracy",
+    "span_model", "load_squad", "fine_tune_qa", "evaluate_qa", "continue_pretraining", "fine_tune_multitask",
+    "fine_tune_lm", "evaluate_perplexity",
 ]

@@ -24,8 +24,8 @@ ZERO_MEANS_SOMETHING = ("nonneg_int", "fraction", "nonneg_float")
 
 
 def numeric_flags(parser):
-    """The parser's flags whose type is one of nanoft.cli's."""
-    return [a for a in parser._actions if a.type is not None and a.type.__module__ == "nanoft.cli" and a.option_strings]
+    """The parser's flags whose type is one of nanoft.cli.flags's."""
+    return [a for a in parser._actions if a.type is not None and a.type.__module__ == "nanoft.cli.flags" and a.option_strings]
 
 
 def check_numeric_flags_refuse(parse_args, parser, bad, capsys) -> int:

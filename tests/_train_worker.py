@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from nanoft.train import TrainConfig, seed_everything, train  # noqa: E402
+from nanoft.training.train import TrainConfig, seed_everything, train  # noqa: E402
 
 
 class TinyNet(nn.Module):

@@ -1,9 +1,9 @@
-"""nanoft.attention: the written-out bf16 path computes what torch's fused kernel computes."""
+"""nanoft.models.attention: the written-out bf16 path computes what torch's fused kernel computes."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from nanoft.attention import attention
+from nanoft.models.attention import attention
 
 
 def qkv(B=2, nh=3, T=10, T_k=None, hs=16, dtype=torch.float32, seed=0):

@@ -1,11 +1,11 @@
-"""nanoft.batching.Collate, the one collate of every task: lists or padded tensors in, the longest real length out,
+"""nanoft.training.batching.Collate, the one collate of every task: lists or padded tensors in, the longest real length out,
 and cutting the padding changes no logit."""
 import pytest
 import torch
 
-from nanoft.batching import Collate, eval_order
-from nanoft.bert import BERT, BertConfig
-from nanoft.heads import MultiTaskModel, SpanHead
+from nanoft.training.batching import Collate, eval_order
+from nanoft.models.bert import BERT, BertConfig
+from nanoft.models.heads import MultiTaskModel, SpanHead
 
 
 def tiny_config():

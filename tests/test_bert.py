@@ -1,4 +1,4 @@
-"""nanoft.bert against Hugging Face transformers: real all-MiniLM-L6-v2 weights and tiny random models."""
+"""nanoft.models.bert against Hugging Face transformers: real all-MiniLM-L6-v2 weights and tiny random models."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,8 +6,8 @@ import torch.nn.functional as F
 transformers = pytest.importorskip("transformers")
 from tokenizers import Tokenizer  # noqa: E402
 
-import nanoft.bert as bert_module  # noqa: E402
-from nanoft.bert import BERT, BertConfig, BertForMaskedLM  # noqa: E402
+import nanoft.models.bert as bert_module  # noqa: E402
+from nanoft.models.bert import BERT, BertConfig, BertForMaskedLM  # noqa: E402
 
 SENTENCES = [
     "A man is playing a guitar.",

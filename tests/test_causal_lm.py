@@ -1,18 +1,18 @@
-"""nanoft.causal_lm: task tokens, task blocks, freezing, perplexity, the fine-tuning curve, samples, and where the
+"""nanoft.recipes.causal_lm: task tokens, task blocks, freezing, perplexity, the fine-tuning curve, samples, and where the
 offline GPT-2 is cached. Tiny models with GPT-2's real BPE tokenizer; nothing here is timed."""
 import math
 
 import pytest
 import torch
 
-from nanoft.causal_lm import (TASK_TOKENS, PretrainConfig, add_task_tokens, best_and_final, detokenize_wikitext,
+from nanoft.recipes.causal_lm import (TASK_TOKENS, PretrainConfig, add_task_tokens, best_and_final, detokenize_wikitext,
                               evaluate_perplexity, fine_tune_lm, first_reaching, lm_loss, offline_model_dir, sample,
                               task_blocks, task_ids, train_last_blocks)
-from nanoft.gpt2 import GPT2, GPT2Config
-from nanoft.lm_data import LMBlocks
-from nanoft.lstm import LSTMConfig, LSTMLM
-from nanoft.tokenizer import load_gpt2_tokenizer
-from nanoft.train import TrainConfig
+from nanoft.models.gpt2 import GPT2, GPT2Config
+from nanoft.data.lm_data import LMBlocks
+from nanoft.models.lstm import LSTMConfig, LSTMLM
+from nanoft.io.tokenizer import load_gpt2_tokenizer
+from nanoft.training.train import TrainConfig
 
 SPEECHES = [f"SPEAKER {i}:\nA line of verse, the {i}th, and then another." for i in range(60)]
 

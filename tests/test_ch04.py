@@ -13,10 +13,10 @@ import pytest
 from chapters import ch04_finetune_vs_scratch as ch04
 from chapters import ch04_pretrain_small_gpt2 as pretrain_script
 from chapters.solutions import ch04_data_size, ch04_freeze_blocks, ch04_lr_warmup, ch04_lstm_size
-from nanoft.causal_lm import INFO_FILE, PretrainConfig, offline_model_dir, pretrain_small_gpt2
-from nanoft.cli import run_main
-from nanoft.gpt2 import GPT2
-from nanoft.tokenizer import load_gpt2_tokenizer
+from nanoft.recipes.causal_lm import INFO_FILE, PretrainConfig, offline_model_dir, pretrain_small_gpt2
+from nanoft.cli.flags import run_main
+from nanoft.models.gpt2 import GPT2
+from nanoft.io.tokenizer import load_gpt2_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 

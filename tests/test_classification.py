@@ -1,17 +1,17 @@
-"""nanoft.classification: token ids against transformers' BERT tokenizer, padding that changes no prediction, the
+"""nanoft.recipes.classification: token ids against transformers' BERT tokenizer, padding that changes no prediction, the
 validation split, accuracy that does not depend on how the sentences are batched, and the fine-tuning recipes (the
 best weights kept; the frozen baseline trains its head only, on vectors equal to the encoder's)."""
 import pytest
 import torch
 
-from nanoft.bert import BERT, BertConfig
-from nanoft.data import SAMPLE_DIR, read_sst2
-from nanoft.heads import ClassificationHead, MultiTaskModel
-from nanoft.batching import Collate
-from nanoft.classification import (carve_validation, encode_sentences, evaluate_accuracy, fine_tune_classifier,
+from nanoft.models.bert import BERT, BertConfig
+from nanoft.data.datasets import SAMPLE_DIR, read_sst2
+from nanoft.models.heads import ClassificationHead, MultiTaskModel
+from nanoft.training.batching import Collate
+from nanoft.recipes.classification import (carve_validation, encode_sentences, evaluate_accuracy, fine_tune_classifier,
                                    fine_tune_frozen, load_sst2, predict_logits, sentence_vectors)
-from nanoft.train import TrainConfig
-from nanoft.tokenizer import load_bert_tokenizer
+from nanoft.training.train import TrainConfig
+from nanoft.io.tokenizer import load_bert_tokenizer
 
 ROWS = read_sst2(SAMPLE_DIR / "sst2_sample" / "train.tsv")
 

@@ -1,10 +1,10 @@
-"""nanoft.cli: the flag types refuse what cannot be meant, and run_main turns a user error into one line."""
+"""nanoft.cli.flags: the flag types refuse what cannot be meant, and run_main turns a user error into one line."""
 import argparse
 
 import pytest
 import torch
 
-from nanoft.cli import add_run_flags, device_name, float_list, fraction, nonneg_int, positive_float, positive_int, run_main
+from nanoft.cli.flags import add_run_flags, device_name, float_list, fraction, nonneg_int, positive_float, positive_int, run_main
 
 
 def test_flag_types_refuse_impossible_values():

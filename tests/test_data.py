@@ -1,4 +1,4 @@
-"""nanoft.data: where files are found (local folder -> cache -> download -> sample), checksums, and the readers, on
+"""nanoft.data.datasets: where files are found (local folder -> cache -> download -> sample), checksums, and the readers, on
 the real public files (../shared/data) and on the bundled samples. Downloads go to a local http.server only."""
 import hashlib
 import http.server
@@ -10,9 +10,9 @@ from collections import Counter
 
 import pytest
 
-from nanoft import data
-from nanoft.data import MANIFEST, SAMPLE_DIR, check_sha256, dataset_path, read_sst2, read_text, sha256_file
-from nanoft.squad import load_squad_examples
+from nanoft.data import datasets as data
+from nanoft.data.datasets import MANIFEST, SAMPLE_DIR, check_sha256, dataset_path, read_sst2, read_text, sha256_file
+from nanoft.data.squad import load_squad_examples
 
 REAL_COUNTS = {"sst2/train.tsv": 67349, "sst2/dev.tsv": 872, "squad_v1.1/dev-v1.1.json": 10570,
                "squad_v1.1_devsplit/train.json": 8582, "squad_v1.1_devsplit/eval.json": 1988}

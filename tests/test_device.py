@@ -9,11 +9,11 @@ from contextlib import nullcontext
 import pytest
 import torch
 
-import nanoft.device  # noqa: F401  (the module, for monkeypatching)
-from nanoft.device import (autocast_for, cpu_bf16_support, describe_precision, gather, pick_device,
+import nanoft.training.device  # noqa: F401  (the module, for monkeypatching)
+from nanoft.training.device import (autocast_for, cpu_bf16_support, describe_precision, gather, pick_device,
                            resolve_precision, setup_distributed, to_device)
 
-D = sys.modules["nanoft.device"]
+D = sys.modules["nanoft.training.device"]
 
 
 def test_auto_picks_the_cpu_without_a_gpu_and_cuda_gets_an_index():
@@ -104,7 +104,7 @@ def test_one_process_without_torchrun(monkeypatch):
 
 KEEP_FREED = """
 import resource, torch
-from nanoft.device import keep_freed_memory
+from nanoft.training.device import keep_freed_memory
 def page_faults():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(4):

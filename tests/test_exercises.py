@@ -20,8 +20,8 @@ from chapters import ch12_quantized_fine_tuning as ch12
 from chapters import ch13_language_understanding as ch13
 from chapters.solutions import ch12_codebooks, ch12_merge_speed
 from chapters.solutions import ch13_mixing, ch13_overfitting, ch13_pooling, ch13_tapt_epochs, ch13_unfreeze_top_k
-from nanoft.bert import BERT, BertConfig
-from nanoft.classification import sentence_classifier
+from nanoft.models.bert import BERT, BertConfig
+from nanoft.recipes.classification import sentence_classifier
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,10 +14,10 @@ import torch
 
 from chapters import ch04_finetune_vs_scratch as ch04
 from chapters.solutions import ch04_data_size, ch04_freeze_blocks, ch04_lr_warmup, ch04_lstm_size
-from nanoft.causal_lm import PretrainConfig, pretrain_small_gpt2
-from nanoft.data import dataset_path, read_text
-from nanoft.gpt2 import GPT2
-from nanoft.lstm import LSTMConfig, LSTMLM
+from nanoft.recipes.causal_lm import PretrainConfig, pretrain_small_gpt2
+from nanoft.data.datasets import dataset_path, read_text
+from nanoft.models.gpt2 import GPT2
+from nanoft.models.lstm import LSTMConfig, LSTMLM
 
 REPO = Path(__file__).resolve().parents[1]
 GPT2_VOCAB = 50257

@@ -1,13 +1,13 @@
-"""nanoft.extractive_qa: the split by article, the SQuAD data of a named folder or the samples, and a fine-tuning
+"""nanoft.recipes.extractive_qa: the split by article, the SQuAD data of a named folder or the samples, and a fine-tuning
 run that keeps its best weights and scores them with the official metric."""
 import pytest
 import torch
 
-from nanoft.bert import BERT, BertConfig
-from nanoft.data import SAMPLE_DIR
-from nanoft.extractive_qa import evaluate_qa, fine_tune_qa, load_squad, span_model, split_by_article
-from nanoft.tokenizer import load_bert_tokenizer
-from nanoft.train import TrainConfig
+from nanoft.models.bert import BERT, BertConfig
+from nanoft.data.datasets import SAMPLE_DIR
+from nanoft.recipes.extractive_qa import evaluate_qa, fine_tune_qa, load_squad, span_model, split_by_article
+from nanoft.io.tokenizer import load_bert_tokenizer
+from nanoft.training.train import TrainConfig
 
 
 def test_split_by_article_keeps_articles_whole():

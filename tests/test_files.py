@@ -1,10 +1,10 @@
-"""nanoft.files: the one atomic write and the one sha256 that every writer and downloader uses."""
+"""nanoft.io.files: the one atomic write and the one sha256 that every writer and downloader uses."""
 import hashlib
 import os
 
 import pytest
 
-from nanoft.files import atomic_write, sha256_file
+from nanoft.io.files import atomic_write, sha256_file
 
 
 def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):

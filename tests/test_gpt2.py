@@ -1,4 +1,4 @@
-"""nanoft.gpt2 against transformers' GPT2LMHeadModel on the same (tiny, random) weights, plus the properties
+"""nanoft.models.gpt2 against transformers' GPT2LMHeadModel on the same (tiny, random) weights, plus the properties
 generate() promises: the KV cache changes nothing, top_k/top_p restrict the support, eos stops, errors are clear."""
 import math
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 import transformers  # the reference (test-only; nanoft itself never imports it)
 
-import nanoft.gpt2 as gpt2_module
-from nanoft.gpt2 import GPT2, GPT2Config
+import nanoft.models.gpt2 as gpt2_module
+from nanoft.models.gpt2 import GPT2, GPT2Config
 
 V, P = 1000, 128
 TINY = dict(vocab_size=V, n_positions=P, n_embd=64, n_layer=2, n_head=4)

@@ -1,12 +1,12 @@
-"""nanoft.heads against Hugging Face's BertForSequenceClassification / BertForQuestionAnswering."""
+"""nanoft.models.heads against Hugging Face's BertForSequenceClassification / BertForQuestionAnswering."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 transformers = pytest.importorskip("transformers")
 
-from nanoft.bert import BERT, BertConfig  # noqa: E402
-from nanoft.heads import (ClassificationHead, MultiTaskModel, SpanHead, classification_loss,  # noqa: E402
+from nanoft.models.bert import BERT, BertConfig  # noqa: E402
+from nanoft.models.heads import (ClassificationHead, MultiTaskModel, SpanHead, classification_loss,  # noqa: E402
                           freeze_encoder, span_loss)
 
 H, T = 32, 12

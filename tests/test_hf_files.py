@@ -9,8 +9,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from nanoft.bert import BERT, BertConfig, BertForMaskedLM  # noqa: E402
-from nanoft.gpt2 import GPT2, GPT2Config  # noqa: E402
+from nanoft.models.bert import BERT, BertConfig, BertForMaskedLM  # noqa: E402
+from nanoft.models.gpt2 import GPT2, GPT2Config  # noqa: E402
 
 TOL = 1e-4
 

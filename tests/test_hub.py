@@ -1,4 +1,4 @@
-"""nanoft.hub against a local HTTP server laid out like the hub: /<repo_id>/resolve/<revision>/<filename>."""
+"""nanoft.io.hub against a local HTTP server laid out like the hub: /<repo_id>/resolve/<revision>/<filename>."""
 import hashlib
 import http.server
 import json
@@ -8,8 +8,8 @@ import threading
 import pytest
 import torch
 
-from nanoft import hub
-from nanoft.hub import download_file, resolve
+from nanoft.io import hub
+from nanoft.io.hub import download_file, resolve
 
 
 class HubHandler(http.server.BaseHTTPRequestHandler):
@@ -225,7 +225,7 @@ def test_failed_download_names_its_partial_file_only_when_there_is_one(tmp_path,
 
 def test_gpt2_from_pretrained_through_the_hub(server, tmp_path):
     transformers = pytest.importorskip("transformers")
-    from nanoft.gpt2 import GPT2
+    from nanoft.models.gpt2 import GPT2
     cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000, n_positions=64,
                                   bos_token_id=0, eos_token_id=0)
     ref = transformers.GPT2LMHeadModel(cfg).eval()
@@ -247,7 +247,7 @@ def test_gpt2_from_pretrained_through_the_hub(server, tmp_path):
 def test_sharded_bin_checkpoint_through_the_hub(server, tmp_path):
     """No model.safetensors: the loader probes (404s), then falls back to a sharded pytorch_model.bin."""
     transformers = pytest.importorskip("transformers")
-    from nanoft.gpt2 import GPT2
+    from nanoft.models.gpt2 import GPT2
     cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=32,
                                   bos_token_id=0, eos_token_id=0)
     ref = transformers.GPT2LMHeadModel(cfg).eval()

@@ -1,13 +1,13 @@
-"""nanoft.lm_data: corpus -> ids (exactly the tokenizer's ids for the whole text) -> (x, y) blocks."""
+"""nanoft.data.lm_data: corpus -> ids (exactly the tokenizer's ids for the whole text) -> (x, y) blocks."""
 import random
 
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from nanoft.data import SAMPLE_DIR, read_text
-from nanoft.lm_data import LMBlocks, split_examples, split_train_val, tokenize_corpus, wrap_with_task_tokens
-from nanoft.tokenizer import add_special_tokens, load_bert_tokenizer, load_gpt2_tokenizer
+from nanoft.data.datasets import SAMPLE_DIR, read_text
+from nanoft.data.lm_data import LMBlocks, split_examples, split_train_val, tokenize_corpus, wrap_with_task_tokens
+from nanoft.io.tokenizer import add_special_tokens, load_bert_tokenizer, load_gpt2_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_lm_blocks_errors():
 
 def test_wrap_with_task_tokens(gpt2_bpe_dir):
     tok = load_gpt2_tokenizer(gpt2_bpe_dir)
-    with pytest.raises(ValueError, match="not in the vocabulary: add them first with nanoft.tokenizer.add_special"):
+    with pytest.raises(ValueError, match="not in the vocabulary: add them first with nanoft.io.tokenizer.add_special"):
         wrap_with_task_tokens(["hello"], tok)
     start, end = add_special_tokens(tok, ["[TASK_START]", "[TASK_END]"])
     speeches = split_examples(read_text(SAMPLE_DIR / "lm_sample_play.txt"))

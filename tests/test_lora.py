@@ -7,7 +7,7 @@ peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
 from nanoft import BERT, GPT2  # noqa: E402
-from nanoft.lora import (LoRALinear, add_lora, load_adapter, lora_layers, lora_state_dict,  # noqa: E402
+from nanoft.quant.lora import (LoRALinear, add_lora, load_adapter, lora_layers, lora_state_dict,  # noqa: E402
                          merge_and_unload, merge_lora, save_adapter, trainable_parameters, unmerge_lora)
 
 TOL = 1e-5

@@ -1,10 +1,10 @@
-"""nanoft.lstm: the chapter-4 LSTM baseline. The loss is checked against a hand-written cross-entropy, the
-cached (hidden-state) generation against re-reading the whole prefix, and sampling against nanoft.gpt2's rules."""
+"""nanoft.models.lstm: the chapter-4 LSTM baseline. The loss is checked against a hand-written cross-entropy, the
+cached (hidden-state) generation against re-reading the whole prefix, and sampling against nanoft.models.gpt2's rules."""
 import pytest
 import torch
 
-from nanoft.sampling import sample_next_token
-from nanoft.lstm import LSTMConfig, LSTMLM
+from nanoft.models.sampling import sample_next_token
+from nanoft.models.lstm import LSTMConfig, LSTMLM
 
 V = 50
 

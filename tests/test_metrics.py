@@ -1,4 +1,4 @@
-"""nanoft.metrics: perplexity is exp of the mean NLL over all predicted tokens, whatever the batch sizes."""
+"""nanoft.data.metrics: perplexity is exp of the mean NLL over all predicted tokens, whatever the batch sizes."""
 import math
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanoft.metrics import accuracy, count_targets, evaluate_lm, perplexity
+from nanoft.data.metrics import accuracy, count_targets, evaluate_lm, perplexity
 
 V = 50
 

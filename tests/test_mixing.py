@@ -1,11 +1,11 @@
-"""nanoft.mixing: task probabilities, seeded schedules, and the (task, batch) stream."""
+"""nanoft.recipes.mixing: task probabilities, seeded schedules, and the (task, batch) stream."""
 import math
 from collections import Counter
 
 import pytest
 import torch
 
-from nanoft.mixing import MultiTaskBatches, task_probabilities, task_schedule
+from nanoft.recipes.mixing import MultiTaskBatches, task_probabilities, task_schedule
 
 SIZES = {"sst2": 600, "squad": 300, "tiny": 100}
 
@@ -89,7 +89,7 @@ def test_per_task_batch_size_and_collate():
 
 
 def test_exact_schedule_gives_each_task_exactly_its_steps():
-    from nanoft.mixing import exact_schedule
+    from nanoft.recipes.mixing import exact_schedule
     schedule = exact_schedule({"a": 30, "b": 5}, seed=1)
     assert schedule.count("a") == 30 and schedule.count("b") == 5
     assert schedule != sorted(schedule) and schedule == exact_schedule({"a": 30, "b": 5}, seed=1)

@@ -1,9 +1,9 @@
-"""nanoft.mlm: BERT's masking recipe (15% of real tokens; of those 80% [MASK], 10% random, 10% unchanged)."""
+"""nanoft.recipes.mlm: BERT's masking recipe (15% of real tokens; of those 80% [MASK], 10% random, 10% unchanged)."""
 import pytest
 import torch
 from tokenizers import Tokenizer
 
-from nanoft.mlm import MLMCollator, mask_tokens
+from nanoft.recipes.mlm import MLMCollator, mask_tokens
 
 CLS, SEP, PAD, MASK, UNK, V = 101, 102, 0, 103, 100, 30522
 SPECIALS = (PAD, UNK, CLS, SEP, MASK)
@@ -115,7 +115,7 @@ def test_collator_needs_a_mask_token(gpt2_bpe_dir):
 
 def test_collated_batch_trains_bert_for_masked_lm():
     """The batch's keys are BertForMaskedLM's arguments, and its loss covers exactly the picked tokens."""
-    from nanoft.bert import BertConfig, BertForMaskedLM
+    from nanoft.models.bert import BertConfig, BertForMaskedLM
     config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
     model = BertForMaskedLM(config).eval()
     collate = MLMCollator(MASK, PAD, V, SPECIALS, mlm_probability=0.5, generator=torch.Generator().manual_seed(0))
@@ -128,13 +128,13 @@ def test_collated_batch_trains_bert_for_masked_lm():
 
 
 def _tiny_mlm():
-    from nanoft.bert import BertConfig, BertForMaskedLM
+    from nanoft.models.bert import BertConfig, BertForMaskedLM
     return BertForMaskedLM(BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                       intermediate_size=37, max_position_embeddings=64))
 
 
 def test_masked_lm_loss_equals_the_full_models_loss():
-    from nanoft.mlm import masked_lm_loss
+    from nanoft.recipes.mlm import masked_lm_loss
     torch.manual_seed(0)
     model = _tiny_mlm().eval()
     collate = MLMCollator(mask_token_id=4, pad_token_id=0, vocab_size=120, special_ids=(0, 1, 2, 3, 4),
@@ -149,10 +149,10 @@ def test_masked_lm_loss_equals_the_full_models_loss():
 
 
 def test_continue_pretraining_trains_the_head_alone_first_then_everything(minilm_dir):
-    from nanoft.mlm import continue_pretraining
-    from nanoft.bert import BertConfig, BertForMaskedLM
-    from nanoft.tokenizer import load_bert_tokenizer
-    from nanoft.train import TrainConfig
+    from nanoft.recipes.mlm import continue_pretraining
+    from nanoft.models.bert import BertConfig, BertForMaskedLM
+    from nanoft.io.tokenizer import load_bert_tokenizer
+    from nanoft.training.train import TrainConfig
     tok = load_bert_tokenizer(minilm_dir)
     torch.manual_seed(0)
     model = BertForMaskedLM(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1,

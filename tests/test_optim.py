@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nanoft.bert import BERT, BertConfig, BertForMaskedLM
-from nanoft.gpt2 import GPT2, GPT2Config
-from nanoft.lstm import LSTMConfig, LSTMLM
-from nanoft.optim import build_optimizer, build_scheduler, describe_groups, lr_at, param_groups
+from nanoft.models.bert import BERT, BertConfig, BertForMaskedLM
+from nanoft.models.gpt2 import GPT2, GPT2Config
+from nanoft.models.lstm import LSTMConfig, LSTMLM
+from nanoft.training.optim import build_optimizer, build_scheduler, describe_groups, lr_at, param_groups
 
 
 def group_names(model, wd=0.1):

@@ -10,13 +10,13 @@ bnb = pytest.importorskip("bitsandbytes.functional")
 transformers = pytest.importorskip("transformers")
 
 from nanoft import BERT, GPT2  # noqa: E402
-from nanoft.int8 import (dequantize_int8, dequantize_int8_blockwise, int8_linear, quantize_int8,  # noqa: E402
+from nanoft.quant.int8 import (dequantize_int8, dequantize_int8_blockwise, int8_linear, quantize_int8,  # noqa: E402
                          quantize_int8_blockwise)
-from nanoft.lora import LoRALinear, add_lora  # noqa: E402
-from nanoft.nf4 import (DYNAMIC_CODE, NF4_CODE, block_absmax, dequantize_nf4, normal_float_code,  # noqa: E402
+from nanoft.quant.lora import LoRALinear, add_lora  # noqa: E402
+from nanoft.quant.nf4 import (DYNAMIC_CODE, NF4_CODE, block_absmax, dequantize_nf4, normal_float_code,  # noqa: E402
                         quantize_nf4, unpack_4bit)
-from nanoft.qat import QATLinear, convert_qat, prepare_qat  # noqa: E402
-from nanoft.quantize import Int8Linear, NF4Linear, load_quantized, model_nbytes, quantize_model  # noqa: E402
+from nanoft.quant.qat import QATLinear, convert_qat, prepare_qat  # noqa: E402
+from nanoft.quant.quantize import Int8Linear, NF4Linear, load_quantized, model_nbytes, quantize_model  # noqa: E402
 
 
 def weight(out=256, inp=192, seed=0):
@@ -284,7 +284,7 @@ def test_qat_straight_through_then_convert(quant, tiny):
     layer(x).pow(2).sum().backward()
     fq = layer.weight.detach().clone()
     with torch.no_grad():
-        from nanoft.qat import round_trip
+        from nanoft.quant.qat import round_trip
         fq = round_trip(fq, quant)
     assert not torch.equal(fq, layer.weight)  # the forward does round
     xr = x.detach().clone().requires_grad_()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from nanoft.run_files import load_checkpoint, open_log, plain, read_log, rng_state, save_checkpoint, set_rng_state
+from nanoft.training.run_files import load_checkpoint, open_log, plain, read_log, rng_state, save_checkpoint, set_rng_state
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):

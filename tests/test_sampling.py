@@ -1,9 +1,9 @@
-"""nanoft.sampling: the filters against transformers' warpers, the draws, and the decoding loop on its own."""
+"""nanoft.models.sampling: the filters against transformers' warpers, the draws, and the decoding loop on its own."""
 import pytest
 import torch
 import torch.nn as nn
 
-from nanoft.sampling import filter_top_k_top_p, generate, sample_next_token
+from nanoft.models.sampling import filter_top_k_top_p, generate, sample_next_token
 
 transformers = pytest.importorskip("transformers")
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper  # noqa: E402

@@ -7,8 +7,8 @@ import torch
 import transformers
 
 from chapters import ch13_language_understanding as ch13
-from nanoft.bert import BERT
-from nanoft.gpt2 import GPT2
+from nanoft.models.bert import BERT
+from nanoft.models.gpt2 import GPT2
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""nanoft.squad against the real SQuAD v1.1 dev set: official scoring (checked against an independent implementation
+"""nanoft.data.squad against the real SQuAD v1.1 dev set: official scoring (checked against an independent implementation
 of evaluate-v1.1.py's definition), feature windows (checked against transformers' tokenizer), labels,
 post-processing."""
 import json
@@ -12,7 +12,7 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
-from nanoft.squad import (collate, exact_match_score, f1_score, load_squad_examples, normalize_answer,
+from nanoft.data.squad import (collate, exact_match_score, f1_score, load_squad_examples, normalize_answer,
                           postprocess_predictions, prepare_eval_features, prepare_train_features, squad_evaluate)
 
 REPO = Path(__file__).resolve().parents[1]

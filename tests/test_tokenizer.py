@@ -1,4 +1,4 @@
-"""nanoft.tokenizer against transformers (fast and slow Python tokenizers) and OpenAI's original GPT-2 BPE algorithm,
+"""nanoft.io.tokenizer against transformers (fast and slow Python tokenizers) and OpenAI's original GPT-2 BPE algorithm,
 on the real BERT (all-MiniLM-L6-v2) and GPT-2 vocabularies."""
 import json
 import shutil
@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers
 
-from nanoft.tokenizer import add_special_tokens, load_bert_tokenizer, load_gpt2_tokenizer
+from nanoft.io.tokenizer import add_special_tokens, load_bert_tokenizer, load_gpt2_tokenizer
 
 TEXTS = [
     "Hello world",
@@ -134,7 +134,7 @@ def test_gpt2_file_layouts_give_the_same_tokenizer(gpt2_bpe_dir, tmp_path):
 
 
 def test_hub_ids_are_resolved_through_nanoft_hub(hf_gpt2_dir, minilm_dir, monkeypatch):
-    import nanoft.hub
+    import nanoft.io.hub
     asked = []
 
     def fake_resolve(name_or_path, filename, required=True):  # stands in for the network
@@ -142,7 +142,7 @@ def test_hub_ids_are_resolved_through_nanoft_hub(hf_gpt2_dir, minilm_dir, monkey
         folder = {"gpt2": hf_gpt2_dir, "sentence-transformers/all-MiniLM-L6-v2": minilm_dir}[name_or_path]
         return folder / filename if (folder / filename).is_file() else None
 
-    monkeypatch.setattr(nanoft.hub, "resolve", fake_resolve)
+    monkeypatch.setattr(nanoft.io.hub, "resolve", fake_resolve)
     assert load_gpt2_tokenizer("gpt2").encode("Hello world") == [15496, 995]
     assert asked == [("gpt2", "tokenizer.json"), ("gpt2", "vocab.json"), ("gpt2", "merges.txt")]
     assert load_bert_tokenizer("sentence-transformers/all-MiniLM-L6-v2").encode("Hello") == [101, 7592, 102]

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from nanoft.optim import lr_at
-from nanoft.run_files import load_checkpoint, plot_log, read_log
-from nanoft.train import TrainConfig, count_tokens, train
+from nanoft.training.optim import lr_at
+from nanoft.training.run_files import load_checkpoint, plot_log, read_log
+from nanoft.training.train import TrainConfig, count_tokens, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _train_worker  # noqa: E402
@@ -158,7 +158,7 @@ def crash_at(call):
 def test_resume_in_process_and_without_rng_restore_it_would_differ(tmp_path, monkeypatch, every, crash_call,
                                                                     max_steps, grouped):
     # guards the test above: with dropout, a resume that skipped the RNG restore would end elsewhere
-    T = sys.modules["nanoft.train"]  # the module; `nanoft.train` the attribute is the train() function
+    T = sys.modules["nanoft.training.train"]  # the module; `nanoft.training.train` the attribute is the train() function
     torch.manual_seed(0)
     base = TinyNet(dropout=0.3)
     cfg = cfg_for(max_steps=max_steps, checkpoint_every=every, group_by_length=grouped)
@@ -289,7 +289,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, bad):
 @pytest.mark.parametrize("keep", [True, False])
 def test_cpu_runs_keep_freed_memory_unless_told_not_to(monkeypatch, keep):
     calls = []
-    monkeypatch.setattr(sys.modules["nanoft.train"], "keep_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(sys.modules["nanoft.training.train"], "keep_freed_memory", lambda: calls.append(1))
     train(TinyNet(), tiny_dataset(8), loss_fn, cfg_for(max_steps=1, keep_freed_memory=keep))
     assert calls == ([1] if keep else [])
 
@@ -311,7 +311,7 @@ def test_empty_dataset_and_oversized_batch_fail_before_training():
 
 
 def test_precision_autocast_on_cpu(monkeypatch, capsys):
-    D = sys.modules["nanoft.device"]
+    D = sys.modules["nanoft.training.device"]
     seen = []
 
     def probe(m, b):
@@ -376,7 +376,7 @@ def lm_data(vocab=40, n=16, T=8):
 
 
 def test_gradient_checkpointing_flag_gpt2_same_result():
-    from nanoft.gpt2 import GPT2, GPT2Config
+    from nanoft.models.gpt2 import GPT2, GPT2Config
     cfg = GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=2, n_head=2,
                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     base = GPT2(cfg)
@@ -390,7 +390,7 @@ def test_gradient_checkpointing_flag_gpt2_same_result():
 
 
 def test_gradient_checkpointing_flag_bert_and_error():
-    from nanoft.bert import BertConfig, BertForMaskedLM
+    from nanoft.models.bert import BertConfig, BertForMaskedLM
     model = BertForMaskedLM(BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                                        intermediate_size=32, max_position_embeddings=16))
     mlm_loss = lambda m, batch: m(batch["input_ids"], labels=batch["labels"])[1]  # noqa: E731
@@ -477,7 +477,7 @@ def padding_share(batches, lengths):
 
 
 def test_grouped_batches_cover_each_example_once_and_cut_padding():
-    from nanoft.train import grouped_batches
+    from nanoft.training.train import grouped_batches
     lengths = varied_lengths(1600)
     a = grouped_batches(lengths, 16, epoch=0, seed=1)
     assert len(a) == 100 and all(len(b) == 16 for b in a)
@@ -511,7 +511,7 @@ def test_group_by_length_training_sees_every_example_once_per_epoch():
     epochs = [sum(seen[e * 10:(e + 1) * 10], []) for e in range(3)]
     assert all(sorted(ep) == list(range(40)) for ep in epochs)
     assert epochs[0] != epochs[1]  # another order each epoch
-    from nanoft.train import grouped_batches
+    from nanoft.training.train import grouped_batches
     assert seen[:10] == grouped_batches(lengths, 4, epoch=0, seed=3)  # the loop follows the grouped plan
     spread = lambda batches: sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)  # noqa
     plain_seen = []
@@ -523,7 +523,7 @@ def test_group_by_length_training_sees_every_example_once_per_epoch():
 
 def test_group_by_length_two_processes_share_each_global_batch():
     # what _micro_batches gives each of 2 processes is the 1-process batch of twice the size, split in two
-    T = sys.modules["nanoft.train"]
+    T = sys.modules["nanoft.training.train"]
     data, lengths = tiny_dataset(), [int(ex["input_ids"].sum()) for ex in tiny_dataset()]
     cfg = cfg_for(group_by_length=True, batch_size=4)
     ids = lambda b: b["input_ids"]  # noqa: E731

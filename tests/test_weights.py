@@ -1,4 +1,4 @@
-"""nanoft.weights against the reference `safetensors` package and torch.save."""
+"""nanoft.io.weights against the reference `safetensors` package and torch.save."""
 import json
 import os
 import struct
@@ -7,8 +7,8 @@ import pytest
 import safetensors.torch as st
 import torch
 
-from nanoft import weights
-from nanoft.weights import (load_pytorch_bin, load_safetensors, load_state_dict_from_folder, read_safetensors_metadata,
+from nanoft.io import weights
+from nanoft.io.weights import (load_pytorch_bin, load_safetensors, load_state_dict_from_folder, read_safetensors_metadata,
                             save_safetensors)
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,

@@ -16,7 +16,7 @@ from typing import Optional
 
 
 # ---------------------------------------------------------------------------------------------------- chapter 4
-# The chapter-4 solutions compose nanoft.causal_lm themselves (the chapter script does the same): what they share
+# The chapter-4 solutions compose nanoft.recipes.causal_lm themselves (the chapter script does the same): what they share
 # is the chapter's flags with the chapter's defaults, parsed here once into explicit settings.
 
 CHAPTER4_SMOKE = dict(block_size=32, batch_size=4, max_steps=4, eval_every=2, warmup_steps=1, val_fraction=0.002,
@@ -26,7 +26,7 @@ CHAPTER4_SMOKE = dict(block_size=32, batch_size=4, max_steps=4, eval_every=2, wa
 def chapter4_parser(doc, defaults=None):
     """A chapter-4 solution's parser: its docstring's first paragraph, --smoke, and the chapter's shared flags
     with the chapter's defaults (or the exercise's own `defaults`, e.g. {"max_steps": 150})."""
-    from nanoft.cli import fraction, nonneg_float, nonneg_int, positive_float, positive_int
+    from nanoft.cli.flags import fraction, nonneg_float, nonneg_int, positive_float, positive_int
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0], allow_abbrev=False,
                                 usage="%(prog)s [options]  (--help lists them)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -77,7 +77,7 @@ class Chapter4Setup:
     model: str
     data_dir: Optional[str]
     out_dir: str
-    pretrain: object  # nanoft.causal_lm.PretrainConfig: the offline model's size, a toy one with --smoke
+    pretrain: object  # nanoft.recipes.causal_lm.PretrainConfig: the offline model's size, a toy one with --smoke
     block_size: int
     val_fraction: float
     lr: Optional[float]  # None: causal_lm.default_lr for the model
@@ -87,16 +87,16 @@ class Chapter4Setup:
 
     def gpt2(self):
         """A fresh pretrained GPT-2 with the task tokens added: (PretrainedGPT2, its TrainConfig)."""
-        from nanoft.causal_lm import add_task_tokens, default_lr, load_pretrained_gpt2
+        from nanoft.recipes.causal_lm import add_task_tokens, default_lr, load_pretrained_gpt2
         lm = load_pretrained_gpt2(self.model, self.data_dir, self.pretrain)
         add_task_tokens(lm.model, lm.tokenizer)
         return lm, replace(self.train, lr=self.lr or default_lr(lm.info))
 
     def task(self, tokenizer, train_tokens=0):
         """Tiny Shakespeare's speeches wrapped in the task tokens, as train and validation blocks."""
-        from nanoft.causal_lm import task_blocks
-        from nanoft.data import dataset_path, read_text
-        from nanoft.lm_data import split_examples
+        from nanoft.recipes.causal_lm import task_blocks
+        from nanoft.data.datasets import dataset_path, read_text
+        from nanoft.data.lm_data import split_examples
         speeches = split_examples(read_text(dataset_path("tiny_shakespeare/input.txt", self.data_dir).path))
         return task_blocks(speeches, tokenizer, self.block_size, self.val_fraction, train_tokens=train_tokens)
 
@@ -112,7 +112,7 @@ def chapter4_setup(args) -> Chapter4Setup:
     import torch
 
     from nanoft import TrainConfig, seed_everything
-    from nanoft.causal_lm import PretrainConfig
+    from nanoft.recipes.causal_lm import PretrainConfig
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)

@@ -8,9 +8,9 @@ over many epochs); validation is the same held-out tail every time.
 from dataclasses import replace
 
 from . import chapter4_args, chapter4_parser, chapter4_setup
-from nanoft.report import print_table, save_rows
-from nanoft.causal_lm import best_and_final, fine_tune_lm
-from nanoft.cli import list_of, nonneg_int, run_main
+from nanoft.cli.report import print_table, save_rows
+from nanoft.recipes.causal_lm import best_and_final, fine_tune_lm
+from nanoft.cli.flags import list_of, nonneg_int, run_main
 
 
 def build_parser():

@@ -5,9 +5,9 @@ block (and the final LayerNorm), with everything else frozen; perplexity, traina
     python -m chapters.solutions.ch04_freeze_blocks --data-dir ../shared/data --blocks all,2,1,0
 """
 from . import chapter4_args, chapter4_parser, chapter4_setup
-from nanoft.report import print_table, save_rows
-from nanoft.causal_lm import best_and_final, fine_tune_lm, train_last_blocks
-from nanoft.cli import nonneg_int, run_main
+from nanoft.cli.report import print_table, save_rows
+from nanoft.recipes.causal_lm import best_and_final, fine_tune_lm, train_last_blocks
+from nanoft.cli.flags import nonneg_int, run_main
 
 
 def block_settings(text):

@@ -9,9 +9,9 @@ import argparse
 from dataclasses import replace
 
 from . import chapter4_args, chapter4_parser, chapter4_setup
-from nanoft.report import print_table, save_rows
-from nanoft.causal_lm import best_and_final, fine_tune_lm
-from nanoft.cli import nonneg_int, positive_float, run_main
+from nanoft.cli.report import print_table, save_rows
+from nanoft.recipes.causal_lm import best_and_final, fine_tune_lm
+from nanoft.cli.flags import nonneg_int, positive_float, run_main
 
 
 def lr_warmup_pairs(text):

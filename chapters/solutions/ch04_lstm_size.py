@@ -9,10 +9,10 @@ from dataclasses import replace
 import torch
 
 from . import chapter4_args, chapter4_parser, chapter4_setup
-from nanoft.report import print_table, save_rows
+from nanoft.cli.report import print_table, save_rows
 from nanoft import LSTMConfig, LSTMLM
-from nanoft.causal_lm import best_and_final, fine_tune_lm
-from nanoft.cli import list_of, positive_int, run_main
+from nanoft.recipes.causal_lm import best_and_final, fine_tune_lm
+from nanoft.cli.flags import list_of, positive_int, run_main
 
 
 def build_parser():

@@ -3,7 +3,7 @@
 Every linear layer in the transformer blocks of the real all-MiniLM-L6-v2 (and of a GPT-2 given with --gpt2) is
 quantized to 4 bits per weight, block by block (each block scaled by its absmax), with two 16-value codebooks:
   NF4   the QLoRA paper's NormalFloat: values at normal quantiles, dense near 0 where most weights are
-        (nanoft.nf4.NF4_CODE, derived in nanoft/nf4.py);
+        (nanoft.quant.nf4.NF4_CODE, derived in nanoft/quant/nf4.py);
   int4  a uniform grid, -7..7 / 7 (15 evenly spaced values with an exact 0, as absmax int4 is usually made).
 For each codebook and block size the table gives the relative error of the dequantized weights,
 ||W - Q(W)|| / ||W|| over all of them, and the bits stored per weight (4 bits of code, plus the block scales: fp32
@@ -18,11 +18,11 @@ import argparse
 import torch
 
 from nanoft import BERT, GPT2
-from nanoft.assets import minilm_dir
-from nanoft.cli import HelpFormatter, list_of, positive_int, run_main
-from nanoft.hf_modules import block_linears
-from nanoft.nf4 import dequantize_blockwise, dequantize_nf4, quantize_blockwise, quantize_nf4
-from nanoft.report import print_table, save_rows
+from nanoft.io.assets import minilm_dir
+from nanoft.cli.flags import HelpFormatter, list_of, positive_int, run_main
+from nanoft.quant.hf_modules import block_linears
+from nanoft.quant.nf4 import dequantize_blockwise, dequantize_nf4, quantize_blockwise, quantize_nf4
+from nanoft.cli.report import print_table, save_rows
 
 INT4_CODE = torch.arange(-7, 8, dtype=torch.float32) / 7  # 15 uniform values in [-1, 1], 0 among them
 

@@ -1,7 +1,7 @@
 """Chapter 12, exercise 5: LoRA merged or unmerged, how much faster is inference?
 
 Unmerged, every adapted layer computes W x + B (A x) * alpha / r: the base matmul plus two thin ones, and their
-extra reads and launches. Merged (nanoft.lora.merge_lora), W + B A * alpha / r is folded into the weight once and
+extra reads and launches. Merged (nanoft.quant.lora.merge_lora), W + B A * alpha / r is folded into the weight once and
 the layer is one matmul again, with the same outputs (checked here). On the real all-MiniLM-L6-v2 with rank-r
 adapters on every block linear (B filled with small random values, as after training: B = 0, as at
 initialisation, would change nothing), the script times the forward pass of the SST-2 classifier at two shapes,
@@ -17,11 +17,11 @@ import time
 import torch
 
 from nanoft import BERT, seed_everything
-from nanoft.assets import minilm_dir
-from nanoft.classification import sentence_classifier
-from nanoft.cli import HelpFormatter, nonneg_int, positive_int, run_main
-from nanoft.lora import add_lora, lora_layers, merge_lora
-from nanoft.report import print_table, save_rows
+from nanoft.io.assets import minilm_dir
+from nanoft.recipes.classification import sentence_classifier
+from nanoft.cli.flags import HelpFormatter, nonneg_int, positive_int, run_main
+from nanoft.quant.lora import add_lora, lora_layers, merge_lora
+from nanoft.cli.report import print_table, save_rows
 
 
 def build_parser():

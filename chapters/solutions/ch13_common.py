@@ -1,7 +1,7 @@
 """What the chapter-13 solutions share: their common flags, the pretrained BERT, and one run's TrainConfig.
 
-Nothing here imports the chapter script: each solution composes nanoft's library (nanoft.classification,
-nanoft.extractive_qa, nanoft.mlm, nanoft.mixing) itself. The flags are parsed once; what the runs need from them is
+Nothing here imports the chapter script: each solution composes nanoft's library (nanoft.recipes.classification,
+nanoft.recipes.extractive_qa, nanoft.recipes.mlm, nanoft.recipes.mixing) itself. The flags are parsed once; what the runs need from them is
 passed on as explicit arguments or as a `Run` (a dataclass), never as the argparse namespace.
 """
 import argparse
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from nanoft import BERT, TrainConfig, load_bert_tokenizer, seed_everything
-from nanoft.assets import minilm_dir
-from nanoft.cli import add_io_flags, add_run_flags, fraction, nonneg_float, nonneg_int, positive_float, positive_int
+from nanoft.io.assets import minilm_dir
+from nanoft.cli.flags import add_io_flags, add_run_flags, fraction, nonneg_float, nonneg_int, positive_float, positive_int
 
 # --smoke: tiny sizes that check the code runs in seconds (its numbers mean nothing); flags given still win
 SMOKE = dict(sst2_train=48, sst2_val=16, sst2_dev=24, max_len=32, batch_size=8, steps=4, evals=2, no_progress=True)

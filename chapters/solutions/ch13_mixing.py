@@ -12,13 +12,13 @@ import math
 
 from .ch13_common import base_parser, note_sample, parse_flags, start, timed
 from nanoft import seed_everything
-from nanoft.batching import Collate
-from nanoft.classification import evaluate_accuracy, load_sst2
-from nanoft.cli import nonneg_int, positive_int, run_main
-from nanoft.extractive_qa import evaluate_qa, load_squad
-from nanoft.heads import ClassificationHead, MultiTaskModel, SpanHead
-from nanoft.mixing import STRATEGIES, MultiTaskBatches, fine_tune_multitask, task_probabilities
-from nanoft.report import print_table, save_rows
+from nanoft.training.batching import Collate
+from nanoft.recipes.classification import evaluate_accuracy, load_sst2
+from nanoft.cli.flags import nonneg_int, positive_int, run_main
+from nanoft.recipes.extractive_qa import evaluate_qa, load_squad
+from nanoft.models.heads import ClassificationHead, MultiTaskModel, SpanHead
+from nanoft.recipes.mixing import STRATEGIES, MultiTaskBatches, fine_tune_multitask, task_probabilities
+from nanoft.cli.report import print_table, save_rows
 
 
 def mix_list(text):

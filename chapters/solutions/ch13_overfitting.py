@@ -13,11 +13,11 @@ import torch.nn.functional as F
 
 from .ch13_common import base_parser, note_sample, parse_flags, start, timed
 from nanoft import seed_everything
-from nanoft.batching import Collate
-from nanoft.classification import evaluate_accuracy, load_sst2, predict_logits, sentence_classifier
-from nanoft.cli import fraction, nonneg_float, run_main
-from nanoft.report import print_table, save_rows
-from nanoft.train import train
+from nanoft.training.batching import Collate
+from nanoft.recipes.classification import evaluate_accuracy, load_sst2, predict_logits, sentence_classifier
+from nanoft.cli.flags import fraction, nonneg_float, run_main
+from nanoft.cli.report import print_table, save_rows
+from nanoft.training.train import train
 
 
 def build_parser():
@@ -36,7 +36,7 @@ def set_dropout(model, p):
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = p
-        if hasattr(m, "attn_dropout"):  # nanoft.bert.SelfAttention passes it to the attention kernel
+        if hasattr(m, "attn_dropout"):  # nanoft.models.bert.SelfAttention passes it to the attention kernel
             m.attn_dropout = p
     return model
 

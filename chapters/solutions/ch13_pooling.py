@@ -9,10 +9,10 @@ import copy
 
 from .ch13_common import base_parser, note_sample, parse_flags, start, timed
 from nanoft import seed_everything
-from nanoft.classification import (evaluate_accuracy, fine_tune_classifier, fine_tune_frozen, load_sst2,
+from nanoft.recipes.classification import (evaluate_accuracy, fine_tune_classifier, fine_tune_frozen, load_sst2,
                                    sentence_classifier)
-from nanoft.cli import positive_float, positive_int, run_main
-from nanoft.report import print_table, save_rows
+from nanoft.cli.flags import positive_float, positive_int, run_main
+from nanoft.cli.report import print_table, save_rows
 
 
 def build_parser():

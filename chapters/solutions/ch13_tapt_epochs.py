@@ -10,10 +10,10 @@ import statistics
 
 from .ch13_common import base_parser, note_sample, parse_flags, start, timed
 from nanoft import BertForMaskedLM, seed_everything
-from nanoft.classification import evaluate_accuracy, fine_tune_classifier, load_sst2, sentence_classifier, subset
-from nanoft.cli import list_of, nonneg_int, positive_float, positive_int, run_main
-from nanoft.mlm import continue_pretraining
-from nanoft.report import print_table, save_rows
+from nanoft.recipes.classification import evaluate_accuracy, fine_tune_classifier, load_sst2, sentence_classifier, subset
+from nanoft.cli.flags import list_of, nonneg_int, positive_float, positive_int, run_main
+from nanoft.recipes.mlm import continue_pretraining
+from nanoft.cli.report import print_table, save_rows
 
 
 def build_parser():

@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from nanoft.files import atomic_write
+from nanoft.io.files import atomic_write
 
 
 def save_checkpoint(path: str, state: dict) -> None:

@@ -32,7 +32,7 @@ def load_squad_examples(path) -> list:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no SQuAD file at {path}: pass a SQuAD v1.1 JSON file such as dev-v1.1.json "
-                                "(nanoft.data.dataset_path('squad_v1.1/dev-v1.1.json') finds or downloads it)")
+                                "(nanoft.data.datasets.dataset_path('squad_v1.1/dev-v1.1.json') finds or downloads it)")
     try:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
@@ -58,7 +58,7 @@ def load_squad_examples(path) -> list:
     for ex in examples:
         if not ex["answers"]:
             raise ValueError(f"{path}: question {ex['id']!r} has no answer (a SQuAD v2.0 unanswerable question?): "
-                             "nanoft.squad handles SQuAD v1.1, where every question has an answer; drop such questions")
+                             "nanoft.data.squad handles SQuAD v1.1, where every question has an answer; drop such questions")
         for ans in ex["answers"]:
             s = ans["answer_start"]
             if ex["context"][s:s + len(ans["text"])] != ans["text"]:

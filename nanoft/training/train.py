@@ -13,8 +13,8 @@ schedule step, the RNG states that drive dropout, and the position in the data),
 resumes from it retraces the same numbers as a run that never stopped (with num_workers=0; DataLoader
 workers draw a random collate_fn's masks from streams of their own, which restart at a resume).
 
-Around the loop: nanoft/optim.py builds AdamW and the schedule, nanoft/device.py picks the device,
-precision and processes, nanoft/run_files.py writes and reads the checkpoints and the log.
+Around the loop: nanoft/training/optim.py builds AdamW and the schedule, nanoft/training/device.py picks the device,
+precision and processes, nanoft/training/run_files.py writes and reads the checkpoints and the log.
 """
 import json
 import math
@@ -33,15 +33,15 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 from tqdm.auto import tqdm
 
-from nanoft.device import (autocast_for, describe_precision, gather, keep_freed_memory, pick_device,
+from nanoft.training.device import (autocast_for, describe_precision, gather, keep_freed_memory, pick_device,
                            setup_distributed, to_device)
-from nanoft.optim import build_optimizer, build_scheduler, describe_groups
-from nanoft.run_files import load_checkpoint, open_log, plain, rng_state, save_checkpoint, set_rng_state
+from nanoft.training.optim import build_optimizer, build_scheduler, describe_groups
+from nanoft.training.run_files import load_checkpoint, open_log, plain, rng_state, save_checkpoint, set_rng_state
 
 
 @dataclass
 class TrainConfig:
-    # optimisation (see nanoft/optim.py)
+    # optimisation (see nanoft/training/optim.py)
     lr: float = 3e-4
     weight_decay: float = 0.01
     betas: tuple = (0.9, 0.999)
@@ -67,7 +67,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # GPT2 / BERT: recompute blocks in backward to save memory
     compile: bool = False  # torch.compile the training forward/backward (the first steps pay for compiling)
     # CPU on Linux: glibc keeps freed blocks for reuse instead of returning every large tensor to the OS and
-    # page-faulting it back each step (nanoft.device.keep_freed_memory: 0.6x the small GPT-2's step time here)
+    # page-faulting it back each step (nanoft.training.device.keep_freed_memory: 0.6x the small GPT-2's step time here)
     keep_freed_memory: bool = True
     find_unused_parameters: bool = False  # DDP: True when some parameters get no gradient (multi-task heads)
     # evaluation and early stopping
@@ -82,7 +82,7 @@ class TrainConfig:
     resume: bool = False  # continue from out_dir/checkpoint.pt when it exists
     log_every: int = 10
     progress: bool = True  # tqdm bar and messages (rank 0 only)
-    verbose: bool = False  # also print the weight-decay parameter groups (nanoft.optim.describe_groups)
+    verbose: bool = False  # also print the weight-decay parameter groups (nanoft.training.optim.describe_groups)
     seed: int = 0
 
 

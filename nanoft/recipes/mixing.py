@@ -8,7 +8,7 @@
 
     mixed = MultiTaskBatches({"sst2": sst2_features, "squad": squad_features}, batch_size=16, strategy="temperature")
     for task, batch in mixed:
-        loss = model(task, batch)["loss"]     # nanoft.heads.MultiTaskModel
+        loss = model(task, batch)["loss"]     # nanoft.models.heads.MultiTaskModel
 """
 import math
 import random
@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from torch.utils.data import default_collate
 
-from nanoft.train import train
+from nanoft.training.train import train
 
 STRATEGIES = ("proportional", "temperature", "round_robin")
 
@@ -104,7 +104,7 @@ class MultiTaskBatches:
 
 def fine_tune_multitask(model, batches: "MultiTaskBatches", evaluators: dict, cfg, loss_weights=None):
     """nanoft's training loop on a mixed stream of batches: each step's batch comes from one task and is routed to
-    that task's head (model(task, batch), a nanoft.heads.MultiTaskModel). evaluators: {task: fn(model) -> its
+    that task's head (model(task, batch), a nanoft.models.heads.MultiTaskModel). evaluators: {task: fn(model) -> its
     validation metric, higher is better}; each evaluation logs val_<task> and their mean, val_mean, which picks the
     weights the model ends with. loss_weights: {task: weight}, 1 by default. The batches are already built, in the
     schedule's order: the loop takes them one per step, unshuffled."""

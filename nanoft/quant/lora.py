@@ -27,8 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanoft.hf_modules import backbone, block_linears, family, hf_modules, replace_module
-from nanoft.weights import load_safetensors, save_safetensors
+from nanoft.quant.hf_modules import backbone, block_linears, family, hf_modules, replace_module
+from nanoft.io.weights import load_safetensors, save_safetensors
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

@@ -12,9 +12,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from nanoft.batching import Collate
-from nanoft.device import to_device
-from nanoft.train import TrainConfig, train
+from nanoft.training.batching import Collate
+from nanoft.training.device import to_device
+from nanoft.training.train import TrainConfig, train
 
 
 def mask_tokens(input_ids, special_ids, vocab_size, mask_token_id, mlm_probability=0.15, generator=None,
@@ -56,7 +56,7 @@ class MLMCollator:
     vocab_size: int
     special_ids: tuple
     mlm_probability: float = 0.15
-    generator: Optional[torch.Generator] = None  # None: the global RNG (nanoft.train seeds and restores it; a
+    generator: Optional[torch.Generator] = None  # None: the global RNG (nanoft.training.train seeds and restores it; a
     # DataLoader worker has its own, seeded by the loader)
 
     @classmethod
@@ -65,7 +65,7 @@ class MLMCollator:
         mask_id, pad_id = tok.token_to_id("[MASK]"), tok.token_to_id("[PAD]")
         if mask_id is None or pad_id is None:
             raise ValueError("the tokenizer has no [MASK] or [PAD] token: masked LM needs a BERT-style (WordPiece) "
-                             "tokenizer, e.g. nanoft.tokenizer.load_bert_tokenizer(folder)")
+                             "tokenizer, e.g. nanoft.io.tokenizer.load_bert_tokenizer(folder)")
         specials = tuple(i for i, t in tok.get_added_tokens_decoder().items() if t.special) or (pad_id, mask_id)
         return cls(mask_id, pad_id, tok.get_vocab_size(), specials, **kwargs)
 

@@ -16,10 +16,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanoft.hf_modules import backbone, block_linears, replace_module
-from nanoft.int8 import dequantize_int8, quantize_int8
-from nanoft.nf4 import dequantize_nf4, quantize_nf4
-from nanoft.quantize import QUANTIZED
+from nanoft.quant.hf_modules import backbone, block_linears, replace_module
+from nanoft.quant.int8 import dequantize_int8, quantize_int8
+from nanoft.quant.nf4 import dequantize_nf4, quantize_nf4
+from nanoft.quant.quantize import QUANTIZED
 
 
 def round_trip(w, kind):

@@ -14,8 +14,8 @@ nanoft module path -> the HF module paths it holds, in the order its output rows
 Paths are relative to the GPT2 or BERT module itself (GPT2LMHeadModel's names, BertModel's names); `backbone()` finds
 that module inside a bigger one (a BertForMaskedLM, a model with task heads).
 """
-from nanoft.bert import BERT
-from nanoft.gpt2 import GPT2
+from nanoft.models.bert import BERT
+from nanoft.models.gpt2 import GPT2
 
 # GPT-2's c_attn, c_proj and c_fc are transformers "Conv1D" layers: a port of the original TensorFlow code, which
 # stores the weight (in, out) and computes x @ W. nn.Linear stores (out, in), so these weights are transposed

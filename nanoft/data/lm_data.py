@@ -95,7 +95,7 @@ def wrap_with_task_tokens(examples, tokenizer, start: str = "[TASK_START]", end:
     start_id, end_id = tokenizer.token_to_id(start), tokenizer.token_to_id(end)
     if start_id is None or end_id is None:
         raise ValueError(f"{start!r} or {end!r} is not in the vocabulary: add them first with "
-                         "nanoft.tokenizer.add_special_tokens(tok, [start, end]) and resize the model's embeddings")
+                         "nanoft.io.tokenizer.add_special_tokens(tok, [start, end]) and resize the model's embeddings")
     examples = list(examples)
     if not examples:
         raise ValueError("no task examples to wrap: check the corpus (split_examples needs blocks separated by "

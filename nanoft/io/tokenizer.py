@@ -94,7 +94,7 @@ def _locate(path_or_folder, filename):
     if os.path.isdir(path):
         candidate = os.path.join(path, filename)
         return candidate if os.path.isfile(candidate) else None
-    from nanoft.hub import resolve  # only hub ids need the download code
+    from nanoft.io.hub import resolve  # only hub ids need the download code
     found = resolve(path_or_folder, filename, required=False)
     return None if found is None else str(found)
 

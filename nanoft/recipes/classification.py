@@ -16,11 +16,11 @@ from dataclasses import replace
 import torch
 from tqdm.auto import tqdm
 
-from nanoft.batching import Collate, eval_order, real_length
-from nanoft.data import dataset_path, read_sst2
-from nanoft.device import to_device
-from nanoft.heads import ClassificationHead, MultiTaskModel, freeze_encoder
-from nanoft.train import TrainConfig, train
+from nanoft.training.batching import Collate, eval_order, real_length
+from nanoft.data.datasets import dataset_path, read_sst2
+from nanoft.training.device import to_device
+from nanoft.models.heads import ClassificationHead, MultiTaskModel, freeze_encoder
+from nanoft.training.train import TrainConfig, train
 
 
 def carve_validation(rows, n_val, seed=0):

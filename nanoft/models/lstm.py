@@ -1,6 +1,6 @@
 """The chapter-4 baseline: a small LSTM language model trained from scratch, to compare with fine-tuned GPT-2.
 
-embedding -> 2-layer LSTM -> linear head over the vocabulary. Same forward/generate interface as nanoft.gpt2.GPT2,
+embedding -> 2-layer LSTM -> linear head over the vocabulary. Same forward/generate interface as nanoft.models.gpt2.GPT2,
 so the training loop and the chapter scripts treat both models alike.
 """
 from dataclasses import dataclass
@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanoft import sampling
-from nanoft.sampling import check_generate_args
+from nanoft.models import sampling
+from nanoft.models.sampling import check_generate_args
 
 
 @dataclass

@@ -16,10 +16,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from nanoft import hf_files
-from nanoft import sampling
-from nanoft.attention import attention
-from nanoft.sampling import check_generate_args
+from nanoft.io import hf_files
+from nanoft.models import sampling
+from nanoft.models.attention import attention
+from nanoft.models.sampling import check_generate_args
 
 
 @dataclass
@@ -253,7 +253,7 @@ class GPT2(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path, *, strict=True, **hub_kwargs):
         """A GPT2 from a Hugging Face GPT-2 checkpoint: a local folder or a hub id such as "gpt2".
-        hub_kwargs (revision, cache_dir, offline) go to nanoft.hub.resolve."""
+        hub_kwargs (revision, cache_dir, offline) go to nanoft.io.hub.resolve."""
         supported = dict(scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False, add_cross_attention=False)
         config, tensors = hf_files.read_folder(name_or_path, "gpt2", supported, **hub_kwargs)
         model = cls(hf_files.config_from_dict(GPT2Config, config))

@@ -21,12 +21,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanoft import hf_files
-from nanoft.bert import BERT, BertConfig
-from nanoft.gpt2 import GPT2, GPT2Config
-from nanoft.hf_modules import backbone, block_linears, family, hf_modules, is_transposed, replace_module
-from nanoft.int8 import dequantize_int8, fbgemm_pack, int8_linear, int8pack_available, quantize_int8
-from nanoft.nf4 import BLOCK_SIZE, SCALE_BLOCK_SIZE, NF4Tensor, dequantize_nf4, quantize_nf4
+from nanoft.io import hf_files
+from nanoft.models.bert import BERT, BertConfig
+from nanoft.models.gpt2 import GPT2, GPT2Config
+from nanoft.quant.hf_modules import backbone, block_linears, family, hf_modules, is_transposed, replace_module
+from nanoft.quant.int8 import dequantize_int8, fbgemm_pack, int8_linear, int8pack_available, quantize_int8
+from nanoft.quant.nf4 import BLOCK_SIZE, SCALE_BLOCK_SIZE, NF4Tensor, dequantize_nf4, quantize_nf4
 
 
 class FrozenQuantizedLinear(torch.autograd.Function):
@@ -192,7 +192,7 @@ def load_quantized(cls, name_or_path, kind="nf4", targets="all", dtype=torch.flo
     blocks quantized as they are read, one layer at a time: the full-precision model never exists. The model is
     built on the meta device (shapes, no memory), and every module then gets its tensors from the memory-mapped
     checkpoint: quantized (targets, to `kind`; layer_kw go to the layer) or copied in `dtype` (embeddings, norms,
-    heads). hub_kwargs (revision, cache_dir, offline) go to nanoft.hub.resolve."""
+    heads). hub_kwargs (revision, cache_dir, offline) go to nanoft.io.hub.resolve."""
     layer_cls = _layer_class(kind)
     config_cls, model_type = {GPT2: (GPT2Config, "gpt2"), BERT: (BertConfig, "bert")}[cls]
     config = hf_files.config_from_dict(config_cls, hf_files.read_config(name_or_path, model_type, **hub_kwargs))

@@ -22,7 +22,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from nanoft.files import atomic_write
+from nanoft.io.files import atomic_write
 
 # in the reference implementation's order (its Dtype enum): files are written largest rank first, see save_safetensors
 DTYPES = {

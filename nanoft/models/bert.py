@@ -15,8 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from nanoft import hf_files
-from nanoft.attention import attention
+from nanoft.io import hf_files
+from nanoft.models.attention import attention
 
 
 @dataclass
@@ -196,7 +196,7 @@ class BERT(nn.Module):
     def from_pretrained(cls, name_or_path, *, strict=True, **hub_kwargs):
         """The encoder of any Hugging Face BERT checkpoint (BertModel, BertForMaskedLM, BertForPreTraining,
         BertForSequenceClassification...), a local folder or a hub id: task heads are ignored.
-        hub_kwargs (revision, cache_dir, offline) go to nanoft.hub.resolve."""
+        hub_kwargs (revision, cache_dir, offline) go to nanoft.io.hub.resolve."""
         config, enc, rest = read_bert(name_or_path, **hub_kwargs)
         unexpected = {k: v for k, v in rest.items() if not BERT_IGNORED.fullmatch(k)}
         model = hf_files.load_into(cls(config), {**enc, **unexpected}, name_or_path, strict, fresh=("pooler.",))
@@ -254,7 +254,7 @@ class BertForMaskedLM(nn.Module):
         logits = self.mlm_head(hidden)  # (B, T, V)
         if labels is None:
             return logits
-        # only the masked positions carry a label; the rest are -100 (see nanoft/mlm.py)
+        # only the masked positions carry a label; the rest are -100 (see nanoft/recipes/mlm.py)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), labels.view(-1), ignore_index=-100)
         return logits, loss
 

@@ -67,7 +67,7 @@ def classification_loss(logits, labels):
 
 
 def span_loss(start_logits, end_logits, start_positions, end_positions):
-    # HF's rule: a position >= T (outside the model's input) is clamped to T and ignored. nanoft.squad never makes
+    # HF's rule: a position >= T (outside the model's input) is clamped to T and ignored. nanoft.data.squad never makes
     # one: a window that does not hold the whole answer is labelled (0, 0), [CLS], and trains like any other
     T = start_logits.size(1)
     start_positions = start_positions.view(-1).clamp(0, T)

@@ -27,13 +27,13 @@ from typing import NamedTuple, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from nanoft.data import dataset_path, read_text
-from nanoft.gpt2 import GPT2, GPT2Config
-from nanoft.hub import cache_root
-from nanoft.lm_data import LMBlocks, split_train_val, tokenize_corpus, wrap_with_task_tokens
-from nanoft.metrics import evaluate_lm
-from nanoft.tokenizer import Tokenizer, add_special_tokens, load_gpt2_tokenizer
-from nanoft.train import TrainConfig, train
+from nanoft.data.datasets import dataset_path, read_text
+from nanoft.models.gpt2 import GPT2, GPT2Config
+from nanoft.io.hub import cache_root
+from nanoft.data.lm_data import LMBlocks, split_train_val, tokenize_corpus, wrap_with_task_tokens
+from nanoft.data.metrics import evaluate_lm
+from nanoft.io.tokenizer import Tokenizer, add_special_tokens, load_gpt2_tokenizer
+from nanoft.training.train import TrainConfig, train
 
 TASK_TOKENS = ("[TASK_START]", "[TASK_END]")
 GPT2_LR = 5e-5  # fine-tuning GPT-2 small and up (124M+ parameters) over thousands of steps

@@ -5,7 +5,7 @@
     fine_tune_qa(model, data["train"], data["val_examples"], data["val"], TrainConfig(lr=1e-4, max_steps=500))
     evaluate_qa(model, data["eval_examples"], data["eval"])    # {"exact_match": ..., "f1": ...}, official rules
 
-nanoft.squad holds the SQuAD format, the windows and the official metric; this file is the recipe around them.
+nanoft.data.squad holds the SQuAD format, the windows and the official metric; this file is the recipe around them.
 """
 from dataclasses import replace
 from pathlib import Path
@@ -13,13 +13,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from nanoft import squad
-from nanoft.batching import Collate, eval_order, real_length
-from nanoft.classification import subset
-from nanoft.data import dataset_path
-from nanoft.device import to_device
-from nanoft.heads import MultiTaskModel, SpanHead
-from nanoft.train import TrainConfig, train
+from nanoft.data import squad
+from nanoft.training.batching import Collate, eval_order, real_length
+from nanoft.recipes.classification import subset
+from nanoft.data.datasets import dataset_path
+from nanoft.training.device import to_device
+from nanoft.models.heads import MultiTaskModel, SpanHead
+from nanoft.training.train import TrainConfig, train
 
 
 def split_by_article(examples, val_fraction=0.1):

@@ -21,7 +21,7 @@ from typing import Optional
 
 from tqdm import tqdm
 
-from nanoft.files import sha256_file
+from nanoft.io.files import sha256_file
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CHUNK = 1 << 20  # 1 MiB reads keep memory flat for multi-GB checkpoints

@@ -18,14 +18,16 @@ import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
-from nanoft import hub
-from nanoft.files import atomic_write, sha256_file
+from nanoft.io import hub
+from nanoft.io.files import atomic_write, sha256_file
 
 GLUE_SST2 = "https://dl.fbaipublicfiles.com/glue/data/SST-2.zip"
 SQUAD = "https://rajpurkar.github.io/SQuAD-explorer/dataset"
 WIKITEXT2 = "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-2-v1.zip"
 SHAKESPEARE = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "sample"
+# rasbt/LLMs-from-scratch (Apache-2.0), at the commit whose files ../shared/data's README names
+LLMS_FROM_SCRATCH = "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/28c65cdfbc3338e2e040016eea4b7fdf556e4d57"
+SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data" / "sample"
 
 # url: the official file (or zip that holds `member`); sha256: of the file itself (None where no checksum of the
 # original is known); derive: (source, first, last article) for files cut from another one; sample: under data/sample.
@@ -54,6 +56,14 @@ MANIFEST = {
                                         sha256="d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0"),
     "tiny_shakespeare/input.txt": dict(url=SHAKESPEARE, sample="lm_sample_play.txt",
                                        sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"),
+    "instruction/instruction-data.json": dict(
+        url=f"{LLMS_FROM_SCRATCH}/ch07/01_main-chapter-code/instruction-data.json",
+        sample="instruction_sample/instruction-data.json",
+        sha256="7e09a9af353722ca15c18bc580f093f9c39d3178335a75177319cb1e1d163944"),
+    "instruction/instruction-data-with-preference.json": dict(
+        url=f"{LLMS_FROM_SCRATCH}/ch07/04_preference-tuning-with-dpo/instruction-data-with-preference.json",
+        sample="instruction_sample/instruction-data-with-preference.json",
+        sha256="305315abf14f65fa42c01a0877572f832606571c2a7d49f152ac1d758b16756e"),
 }
 
 

@@ -13,9 +13,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-from nanoft.files import atomic_write
-from nanoft.hub import resolve
-from nanoft.weights import load_state_dict_from_folder, save_safetensors
+from nanoft.io.files import atomic_write
+from nanoft.io.hub import resolve
+from nanoft.io.weights import load_state_dict_from_folder, save_safetensors
 
 # which nanoft class loads each model_type: only to name the fix when a folder holds another architecture
 LOADED_BY = {"gpt2": "nanoft.GPT2.from_pretrained",
@@ -33,7 +33,7 @@ def read_folder(name_or_path, model_type: str, supported=None, **hub_kwargs):
 
 def read_config(name_or_path, model_type: str, **hub_kwargs) -> dict:
     """config.json of a local folder or hub id, checked to be a `model_type` checkpoint.
-    hub_kwargs (revision, cache_dir, offline) go to nanoft.hub.resolve."""
+    hub_kwargs (revision, cache_dir, offline) go to nanoft.io.hub.resolve."""
     path = resolve(name_or_path, "config.json", **hub_kwargs)
     try:
         config = json.loads(Path(path).read_text())
