@@ -58,7 +58,7 @@ def agreement(a, b, prompt_len):
 @torch.inference_mode()
 def teacher_forced_agreement(model, reference, seq, prompt_len):
     """Share of positions where model's argmax next token on the reference's own sequence equals reference's."""
-    a = model(seq[:, :-1])[:, prompt_len - 1:].argmax(-1)
+    a = model(seq[:, :-1])[0][:, prompt_len - 1:].argmax(-1)
     b = reference(input_ids=seq[:, :-1]).logits[:, prompt_len - 1:].argmax(-1)
     return (a == b).float().mean().item()
 

@@ -101,7 +101,7 @@ def forward_fns(kind, ours, hf, batch, autocast):
     @torch.inference_mode()
     def ours_fwd():
         with autocast():
-            return ours(ids) if kind == "gpt2" else ours(ids, attention_mask=mask)
+            return ours(ids)[0] if kind == "gpt2" else ours(ids, attention_mask=mask)
 
     @torch.inference_mode()
     def hf_fwd():

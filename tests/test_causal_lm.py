@@ -71,10 +71,10 @@ def test_perplexity_is_token_weighted_exp_nll():
     model = GPT2(GPT2Config(vocab_size=50, n_positions=16, n_embd=8, n_layer=1, n_head=2)).eval()
     blocks = LMBlocks(torch.randint(0, 50, (16 * 5 + 1,)), 16)
     got = evaluate_perplexity(model, blocks, batch_size=2)["perplexity"]  # batches of 2, 2, 1
-    x, y = torch.stack([b["x"] for b in blocks]), torch.stack([b["y"] for b in blocks])
-    expected = math.exp(torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten()).item())
+    x, y = torch.stack([b["input_ids"] for b in blocks]), torch.stack([b["labels"] for b in blocks])
+    expected = math.exp(torch.nn.functional.cross_entropy(model(x)[0].flatten(0, 1), y.flatten()).item())
     assert got == pytest.approx(expected, rel=1e-5)
-    assert lm_loss(model, {"x": x, "y": y}).item() == pytest.approx(math.log(expected), rel=1e-5)
+    assert lm_loss(model, {"input_ids": x, "labels": y}).item() == pytest.approx(math.log(expected), rel=1e-5)
 
 
 @pytest.mark.parametrize("make", [lambda: tiny_gpt2(64), lambda: LSTMLM(LSTMConfig(vocab_size=64, emb_dim=16,

@@ -8,6 +8,7 @@ import transformers  # the reference (test-only; nanoft itself never imports it)
 
 import nanoft.models.gpt2 as gpt2_module
 from nanoft.models.gpt2 import GPT2, GPT2Config
+from nanoft.models.kv_cache import KVCache
 
 V, P = 1000, 128
 TINY = dict(vocab_size=V, n_positions=P, n_embd=64, n_layer=2, n_head=4)
@@ -61,7 +62,7 @@ def test_loaded_config_and_logits_match_transformers(pair):
     assert model.lm_head.weight is model.transformer.wte.weight
     x = prompts(T=20)
     with torch.no_grad():
-        torch.testing.assert_close(model(x), hf(x).logits, atol=1e-5, rtol=0)  # erf GELU would be 2e-4 off
+        torch.testing.assert_close(model(x)[0], hf(x).logits, atol=1e-5, rtol=0)  # erf GELU would be 2e-4 off
 
 
 def test_loss_matches_transformers(pair):
@@ -109,13 +110,15 @@ def test_cache_forward_matches_full_forward(pair):
     model, _ = pair
     x = prompts(B=2, T=24)
     with torch.no_grad():
-        full = model(x)
-        logits1, past = model(x[:, :10], use_cache=True)  # prefix
-        assert len(past) == 2 and past[0][0].shape == (2, 4, 10, 16)  # (B, nh, T_past, hs)
-        logits2, past = model(x[:, 10:15], past_key_values=past, use_cache=True)  # several tokens after a cache
-        logits3, past = model(x[:, 15:16], past_key_values=past, use_cache=True)  # one token after a cache
-        logits4, past = model(x[:, 16:], past_key_values=past, use_cache=True)
-    assert past[0][1].shape == (2, 4, 24, 16)
+        full, loss = model(x)
+        assert loss is None  # no targets, no loss: the return is (logits, loss) either way
+        cache = KVCache()
+        logits1, _ = model(x[:, :10], kv_cache=cache)  # prefix
+        assert len(cache.keys) == 2 and cache.keys[0].shape == (2, 4, 10, 16)  # (B, nh, T_past, hs)
+        logits2, _ = model(x[:, 10:15], kv_cache=cache)  # several tokens after a cache
+        logits3, _ = model(x[:, 15:16], kv_cache=cache)  # one token after a cache
+        logits4, _ = model(x[:, 16:], kv_cache=cache)
+    assert cache.length == 24 and cache.values[1].shape == (2, 4, 24, 16)
     torch.testing.assert_close(torch.cat([logits1, logits2, logits3, logits4], dim=1), full, atol=1e-5, rtol=0)
 
 
@@ -155,9 +158,10 @@ def test_length_errors(pair):
     with pytest.raises(ValueError, match="n_positions=128"):
         model(prompts(B=1, T=P + 1))
     with torch.no_grad():
-        _, past = model(prompts(B=1, T=100), use_cache=True)
+        cache = KVCache()
+        model(prompts(B=1, T=100), kv_cache=cache)
         with pytest.raises(ValueError, match="exceeds n_positions"):
-            model(prompts(B=1, T=29), past_key_values=past, use_cache=True)
+            model(prompts(B=1, T=29), kv_cache=cache)
     x = prompts(B=1, T=100)
     with pytest.raises(ValueError, match=r"max_new_tokens.*n_positions=128: lower max_new_tokens to 29.*use_cache=False"):
         model.generate(x, 30)
@@ -168,7 +172,7 @@ def test_length_errors(pair):
     assert long.shape == (1, 140)
     with torch.no_grad():
         for t in range(P, 140):  # every token past the window is the greedy pick given the last P tokens
-            assert long[0, t] == model(long[:, t - P:t])[0, -1].argmax()
+            assert long[0, t] == model(long[:, t - P:t])[0][0, -1].argmax()
     with pytest.raises(ValueError, match="input_ids"):
         model.generate(x[0], 5)
     with pytest.raises(ValueError, match="top_p"):
@@ -207,7 +211,7 @@ def test_resize_token_embeddings(pair, tmp_path):
     model.eval()
     x = prompts(B=2, T=10)
     with torch.no_grad():
-        before = model(x)
+        before, _ = model(x)
     old = model.transformer.wte.weight.detach().clone()
     model.resize_token_embeddings(V + 3)
     wte = model.transformer.wte.weight
@@ -216,7 +220,7 @@ def test_resize_token_embeddings(pair, tmp_path):
     assert torch.equal(wte[:V], old)
     torch.testing.assert_close(wte[V:], old.mean(0).expand(3, -1), atol=0, rtol=0)
     with torch.no_grad():
-        after = model(x)
+        after, _ = model(x)
     assert after.shape == (2, 10, V + 3)
     torch.testing.assert_close(after[..., :V], before, atol=1e-5, rtol=0)
     # the new tokens are usable, and training them moves the shared matrix
@@ -230,7 +234,7 @@ def test_resize_token_embeddings(pair, tmp_path):
     hf = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
     assert hf.config.vocab_size == V + 3
     with torch.no_grad():
-        torch.testing.assert_close(hf(x).logits, model(x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(hf(x).logits, model(x)[0], atol=1e-5, rtol=0)
     model.resize_token_embeddings(V - 10)  # shrinking keeps the first rows
     assert model.lm_head.weight is model.transformer.wte.weight
     assert torch.equal(model.transformer.wte.weight, old[:V - 10])

@@ -51,7 +51,7 @@ def test_gpt2_parity_safetensors(hf_gpt2, tmp_path):
     model = GPT2.from_pretrained(tmp_path)
     x = torch.randint(0, 1000, (2, 32))
     with torch.no_grad():
-        d = max_diff(model(x), hf_gpt2(x).logits)
+        d = max_diff(model(x)[0], hf_gpt2(x).logits)
     print(f"GPT-2 safetensors logits max|diff| = {d:.2e}")
     assert d < TOL
     assert model.lm_head.weight is model.transformer.wte.weight  # still tied after loading
@@ -75,7 +75,7 @@ def test_gpt2_parity_pytorch_bin(hf_gpt2, tmp_path, layout):
     model = GPT2.from_pretrained(tmp_path)
     x = torch.randint(0, 1000, (2, 32))
     with torch.no_grad():
-        d = max_diff(model(x), hf_gpt2(x).logits)
+        d = max_diff(model(x)[0], hf_gpt2(x).logits)
     print(f"GPT-2 pytorch_model.bin ({layout}) logits max|diff| = {d:.2e}")
     assert d < TOL
 
@@ -87,7 +87,7 @@ def test_gpt2_sharded_safetensors(hf_gpt2, tmp_path):
     model = GPT2.from_pretrained(tmp_path)
     x = torch.randint(0, 1000, (2, 16))
     with torch.no_grad():
-        assert max_diff(model(x), hf_gpt2(x).logits) < TOL
+        assert max_diff(model(x)[0], hf_gpt2(x).logits) < TOL
 
 
 def test_gpt2_config_fields_carry_over(tmp_path):
@@ -119,7 +119,7 @@ def test_gpt2_export_loads_in_transformers(tmp_path):
     hf = hf_load(transformers.GPT2LMHeadModel, tmp_path)
     x = torch.randint(0, 1000, (2, 32))
     with torch.no_grad():
-        d = max_diff(model(x), hf(x).logits)
+        d = max_diff(model(x)[0], hf(x).logits)
     print(f"GPT-2 nanoft -> transformers logits max|diff| = {d:.2e}")
     assert d < TOL
 

@@ -58,15 +58,15 @@ def test_lm_blocks_are_shifted_non_overlapping_windows():
     blocks = LMBlocks(ids, block_size=8)
     assert len(blocks) == 6  # (53 - 1) // 8: the last 4 tokens are dropped
     for i in range(len(blocks)):
-        x, y = blocks[i]["x"], blocks[i]["y"]
+        x, y = blocks[i]["input_ids"], blocks[i]["labels"]
         assert x.shape == y.shape == (8,) and x.dtype == torch.long
         assert torch.equal(x, ids[8 * i:8 * i + 8])
         assert torch.equal(y[:-1], x[1:]) and y[-1] == ids[8 * i + 8]  # y is x moved one token left
-    assert torch.equal(blocks[-1]["x"], blocks[5]["x"])
+    assert torch.equal(blocks[-1]["input_ids"], blocks[5]["input_ids"])
     with pytest.raises(IndexError):
         blocks[6]
     batch = next(iter(DataLoader(blocks, batch_size=4)))
-    assert batch["x"].shape == batch["y"].shape == (4, 8)
+    assert batch["input_ids"].shape == batch["labels"].shape == (4, 8)
     assert len(LMBlocks(torch.arange(9), 8)) == 1  # exactly one block + its last target
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from nanoft.models.sampling import sample_next_token
+from nanoft.models.kv_cache import KVCache
 from nanoft.models.lstm import LSTMConfig, LSTMLM
 
 V = 50
@@ -28,12 +29,12 @@ def test_defaults_names_and_shapes():
     names = set(model.state_dict())
     assert {"embedding.weight", "head.weight", "head.bias", "lstm.weight_ih_l0", "lstm.weight_hh_l1"} <= names
     assert model.lstm.num_layers == 2 and model.lstm.batch_first and model.lstm.dropout == 0.1
-    logits = model(ids())
-    assert logits.shape == (3, 9, V)
-    logits, (h, c) = model(ids(), use_cache=True)
-    assert h.shape == c.shape == (2, 3, 128)
-    logits, loss, hidden = model(ids(), targets=ids(seed=1), use_cache=True)
-    assert loss.dim() == 0 and len(hidden) == 2
+    logits, loss = model(ids())
+    assert logits.shape == (3, 9, V) and loss is None
+    cache = KVCache()
+    logits, loss = model(ids(), targets=ids(seed=1), kv_cache=cache)
+    h, c = cache.state  # an LSTM's cache is its state
+    assert h.shape == c.shape == (2, 3, 128) and loss.dim() == 0
 
 
 def test_loss_is_cross_entropy_with_ignore_index():
@@ -57,7 +58,7 @@ def test_weight_tying():
     assert tied.num_parameters() == untied.num_parameters() - V * 32  # the shared matrix is counted once
     wide = LSTMLM(LSTMConfig(vocab_size=V, emb_dim=16, hidden_dim=40, tie_weights=True))
     assert wide.proj.weight.shape == (16, 40) and wide.head.weight is wide.embedding.weight
-    assert wide(ids()).shape == (3, 9, V)
+    assert wide(ids())[0].shape == (3, 9, V)
     _, loss = wide(ids(), targets=ids(seed=1))
     loss.backward()  # one gradient reaches the shared matrix from both ends
     assert wide.embedding.weight.grad is wide.head.weight.grad
@@ -67,10 +68,10 @@ def test_hidden_state_carries_the_prefix():
     model = LSTMLM(LSTMConfig(vocab_size=V, emb_dim=16, hidden_dim=24)).eval()
     x = ids(T=12)
     with torch.no_grad():
-        full = model(x)
-        parts, hidden = [], None
+        full, _ = model(x)
+        parts, cache = [], KVCache()
         for t in range(12):  # token by token, carrying (h, c)
-            logits, hidden = model(x[:, t:t + 1], hidden=hidden, use_cache=True)
+            logits, _ = model(x[:, t:t + 1], kv_cache=cache)
             parts.append(logits)
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=0)
 
@@ -91,10 +92,10 @@ def test_generate_greedy_is_argmax_of_the_prefix():
     out = model.generate(ids(B=2, T=3), 10, do_sample=False)
     with torch.no_grad():
         for t in range(3, 13):
-            assert torch.equal(out[:, t], model(out[:, :t])[:, -1].argmax(-1))
+            assert torch.equal(out[:, t], model(out[:, :t])[0][:, -1].argmax(-1))
     g = torch.Generator().manual_seed(0)
     assert torch.equal(model.generate(ids(B=2, T=3), 10, top_k=1, generator=g), out)
-    logits = model(out)[:, -1]
+    logits = model(out)[0][:, -1]
     assert torch.equal(sample_next_token(logits, do_sample=False), logits.argmax(-1))
 
 

@@ -19,7 +19,7 @@ def _batches():
         x = torch.randint(V, (B, T), generator=g)
         y = torch.randint(V, (B, T), generator=g)
         y[torch.rand(B, T, generator=g) < ignored] = -100
-        out.append({"x": x, "y": y})
+        out.append({"input_ids": x, "labels": y})
     return out
 
 
@@ -56,23 +56,23 @@ def test_evaluate_lm_matches_cross_entropy_over_all_tokens():
     torch.manual_seed(0)
     model = TinyLM().train()
     batches = _batches()
-    result = evaluate_lm(model, batches, lambda m, b: m(b["x"], targets=b["y"])[1])
+    result = evaluate_lm(model, batches, lambda m, b: m(b["input_ids"], targets=b["labels"])[1])
     assert model.training  # mode restored
     model.eval()
     with torch.no_grad():
-        logits = torch.cat([model(b["x"], b["y"])[0].reshape(-1, V) for b in batches])
-    targets = torch.cat([b["y"].reshape(-1) for b in batches])
+        logits = torch.cat([model(b["input_ids"], b["labels"])[0].reshape(-1, V) for b in batches])
+    targets = torch.cat([b["labels"].reshape(-1) for b in batches])
     loss = F.cross_entropy(logits, targets, ignore_index=-100)  # torch's mean over every non-ignored token
     assert result["tokens"] == int((targets != -100).sum()) == sum(count_targets(b) for b in batches)
     assert result["loss"] == pytest.approx(loss.item(), rel=1e-6)
     assert result["perplexity"] == pytest.approx(math.exp(loss.item()), rel=1e-6)
-    per_batch = [F.cross_entropy(model(b["x"], b["y"])[0].reshape(-1, V), b["y"].reshape(-1)).item() for b in batches]
+    per_batch = [F.cross_entropy(model(b["input_ids"], b["labels"])[0].reshape(-1, V), b["labels"].reshape(-1)).item() for b in batches]
     assert abs(math.exp(sum(per_batch) / len(per_batch)) - result["perplexity"]) > 1e-3  # the naive way differs
 
 
 def test_count_targets_forms():
     y = torch.tensor([[1, -100, 3], [4, 5, -100]])
-    assert count_targets({"labels": y}) == count_targets({"targets": y}) == count_targets((None, y)) == 4
+    assert count_targets({"labels": y}) == count_targets((None, y)) == 4
     with pytest.raises(ValueError, match="count_fn"):
         count_targets({"input_ids": y})
 

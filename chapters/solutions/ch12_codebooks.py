@@ -19,10 +19,10 @@ import torch
 
 from nanoft import BERT, GPT2
 from nanoft.io.assets import minilm_dir
-from nanoft.cli.flags import HelpFormatter, list_of, positive_int, run_main
-from nanoft.quant.hf_modules import block_linears
+from nanoft.cli.flags import ChapterParser, list_of, positive_int, run_main
+from nanoft.quant.targets import block_linears
 from nanoft.quant.nf4 import dequantize_blockwise, dequantize_nf4, quantize_blockwise, quantize_nf4
-from nanoft.cli.report import print_table, save_rows
+from nanoft.cli.report import check_out_dir, print_table, save_rows
 
 INT4_CODE = torch.arange(-7, 8, dtype=torch.float32) / 7  # 15 uniform values in [-1, 1], 0 among them
 
@@ -35,13 +35,12 @@ def block_size(text) -> int:
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = ChapterParser("ch12_codebooks", __doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="a BERT (local folder or hub id); default: the real all-MiniLM-L6-v2")
     p.add_argument("--gpt2", default=None, help="also a GPT-2 (a local Hugging Face folder or a hub id)")
     p.add_argument("--blocks", type=list_of(block_size, "32,64"), default=[32, 64, 128, 256],
                    help="block sizes, comma-separated")
     p.add_argument("--out-dir", default="runs/ch12", help="where exercise_codebooks.json goes")
-    p.add_argument("--smoke", action="store_true", help="one block size, the first layer only: does it run?")
     return p
 
 
@@ -62,6 +61,7 @@ def relative_error(weights, round_trip, block_size):
 @torch.no_grad()
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    check_out_dir(args.out_dir)
     models = {"all-MiniLM-L6-v2" if args.model is None else args.model: BERT.from_pretrained(args.model or minilm_dir())}
     if args.gpt2:
         models[args.gpt2] = GPT2.from_pretrained(args.gpt2)

@@ -1,9 +1,9 @@
-"""Language-modelling data: corpus text -> one long row of token ids -> fixed-length blocks (x, y), where y is x
-moved one token to the left, so position t of the model learns to predict token t+1.
+"""Language-modelling data: corpus text -> one long row of token ids -> fixed-length blocks (input_ids, labels),
+where labels is input_ids moved one token to the left, so position t of the model learns to predict token t+1.
 
     ids = tokenize_corpus(read_text(path), tok)          # (N,) long
     train_ids, val_ids = split_train_val(ids, 0.1)
-    train = LMBlocks(train_ids, block_size=128)          # train[i] = {"x": (128,), "y": (128,)}
+    train = LMBlocks(train_ids, block_size=128)          # train[i] = {"input_ids": (128,), "labels": (128,)}
 """
 import torch
 from torch.utils.data import Dataset
@@ -61,7 +61,8 @@ def split_train_val(ids: torch.Tensor, val_fraction: float = 0.1):
 
 
 class LMBlocks(Dataset):
-    """Non-overlapping blocks of block_size tokens: item i is {"x": ids[i*T : i*T+T], "y": ids[i*T+1 : i*T+T+1]}.
+    """Non-overlapping blocks of block_size tokens: item i is {"input_ids": ids[i*T : i*T+T],
+    "labels": ids[i*T+1 : i*T+T+1]} (the labels already shifted: model(input_ids, targets=labels)).
     The few tokens left over at the end (fewer than a block) are dropped."""
 
     def __init__(self, ids: torch.Tensor, block_size: int):
@@ -80,7 +81,7 @@ class LMBlocks(Dataset):
             raise IndexError(f"block {i} out of range for {len(self)} blocks")
         start = (i % len(self)) * self.block_size
         chunk = self.ids[start:start + self.block_size + 1]  # (T+1,)
-        return {"x": chunk[:-1], "y": chunk[1:]}
+        return {"input_ids": chunk[:-1], "labels": chunk[1:]}
 
 
 def split_examples(text: str) -> list:

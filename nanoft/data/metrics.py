@@ -7,6 +7,8 @@ import math
 
 import torch
 
+from nanoft.training.device import to_device
+
 
 def accuracy(logits, labels, ignore_index=-100) -> float:
     """Share of argmax(logits) equal to labels; logits (..., C), labels (...); labels == ignore_index don't count."""
@@ -28,25 +30,15 @@ def perplexity(mean_nlls, token_counts) -> float:
 
 
 def count_targets(batch) -> int:
-    """Predicted tokens in a batch: targets that are not -100, from labels / targets / y, or a tuple's last item."""
+    """Predicted tokens in a batch: labels that are not -100, from a dict's "labels" or a tuple's last item."""
     if isinstance(batch, dict):
-        targets = next((batch[k] for k in ("labels", "targets", "y") if k in batch), None)
+        targets = batch.get("labels")
     else:
         targets = batch[-1] if isinstance(batch, (list, tuple)) else None
     if not torch.is_tensor(targets):
-        raise ValueError("cannot find the targets in this batch: use a dict with 'labels', 'targets' or 'y', "
+        raise ValueError("cannot find the targets in this batch: use a dict with 'labels', "
                          "a tuple (inputs, targets), or pass count_fn=lambda batch: number of predicted tokens")
     return int((targets != -100).sum())
-
-
-def _to(batch, device):
-    if torch.is_tensor(batch):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to(v, device) for v in batch)
-    return batch
 
 
 @torch.no_grad()
@@ -60,7 +52,7 @@ def evaluate_lm(model, batches, loss_fn, count_fn=count_targets) -> dict:
     try:
         for batch in batches:
             n = count_fn(batch)
-            total_nll += loss_fn(model, _to(batch, device)).item() * n  # undo the mean: the batch's summed NLL
+            total_nll += loss_fn(model, to_device(batch, device)).item() * n  # undo the mean: the batch's summed NLL
             total_tokens += n
     finally:
         model.train(was_training)

@@ -152,6 +152,14 @@ def init_bert_weights(module):
 
 
 class BERT(nn.Module):
+    # What nanoft.quant reads (LoRA, quantization; see quant/targets.py); the names themselves are at the end of
+    # this file (bert_hf_modules), declared once.
+    HF_MODEL_TYPE = "bert"
+    CONFIG = BertConfig
+    BLOCKS = "layers"
+    # the linear layers of a block: the fused q/k/v projection (LoRA's original choice), then every other one
+    BLOCK_LINEARS = {"attention": ("attn.qkv",), "mlp": ("attn.proj", "mlp.fc", "mlp.proj")}
+    HF_TRANSPOSED = ()  # transformers' BERT uses nn.Linear too
 
     def __init__(self, config):
         super().__init__()
@@ -191,6 +199,10 @@ class BERT(nn.Module):
 
     def num_parameters(self):
         return sum(p.numel() for p in self.parameters())
+
+    def hf_modules(self):
+        """nanoft module path -> HF BertModel module paths (the fused qkv: query, key, value)."""
+        return bert_hf_modules(self.config.num_hidden_layers)
 
     @classmethod
     def from_pretrained(cls, name_or_path, *, strict=True, **hub_kwargs):
@@ -301,20 +313,22 @@ class BertForMaskedLM(nn.Module):
 # ones and one fused qkv Linear (rows: query, key, value) instead of three. Each entry maps a module; .weight and
 # .bias follow.
 
-def bert_names(n_layer):
-    """HF module name -> nanoft module name, for an encoder with n_layer layers (no "bert." prefix)."""
-    names = {"embeddings.word_embeddings": "embeddings.word",
-             "embeddings.position_embeddings": "embeddings.position",
-             "embeddings.token_type_embeddings": "embeddings.token_type",
-             "embeddings.LayerNorm": "embeddings.ln",
-             "pooler.dense": "pooler.dense"}
+def bert_hf_modules(n_layer):
+    """nanoft module path -> HF module paths (no "bert." prefix), for every module of an n_layer encoder that holds
+    parameters. The fused qkv lists its three HF layers in the order of its output rows."""
+    names = {"embeddings.word": ("embeddings.word_embeddings",),
+             "embeddings.position": ("embeddings.position_embeddings",),
+             "embeddings.token_type": ("embeddings.token_type_embeddings",),
+             "embeddings.ln": ("embeddings.LayerNorm",),
+             "pooler.dense": ("pooler.dense",)}
     for i in range(n_layer):
         hf = f"encoder.layer.{i}."
-        names[hf + "attention.output.dense"] = f"layers.{i}.attn.proj"
-        names[hf + "attention.output.LayerNorm"] = f"layers.{i}.ln_1"  # post-LN after attention + residual
-        names[hf + "intermediate.dense"] = f"layers.{i}.mlp.fc"
-        names[hf + "output.dense"] = f"layers.{i}.mlp.proj"
-        names[hf + "output.LayerNorm"] = f"layers.{i}.ln_2"
+        names[f"layers.{i}.attn.qkv"] = tuple(hf + "attention.self." + p for p in ("query", "key", "value"))
+        names[f"layers.{i}.attn.proj"] = (hf + "attention.output.dense",)
+        names[f"layers.{i}.ln_1"] = (hf + "attention.output.LayerNorm",)  # post-LN after attention + residual
+        names[f"layers.{i}.mlp.fc"] = (hf + "intermediate.dense",)
+        names[f"layers.{i}.mlp.proj"] = (hf + "output.dense",)
+        names[f"layers.{i}.ln_2"] = (hf + "output.LayerNorm",)
     return names
 
 
@@ -327,7 +341,7 @@ BERT_IGNORED = re.compile(r"(cls|classifier|qa_outputs)\..*|embeddings\.position
 def read_bert(name_or_path, **hub_kwargs):
     """(BertConfig, encoder tensors with nanoft names, the other tensors with HF names) of a BERT checkpoint."""
     supported = dict(position_embedding_type="absolute", is_decoder=False, add_cross_attention=False)
-    config, tensors = hf_files.read_folder(name_or_path, "bert", supported, **hub_kwargs)
+    config, tensors = hf_files.read_folder(name_or_path, BERT.HF_MODEL_TYPE, supported, **hub_kwargs)
     config = hf_files.config_from_dict(BertConfig, config)
     enc, rest = bert_from_hf(tensors, config.num_hidden_layers)
     return config, enc, rest
@@ -336,42 +350,43 @@ def read_bert(name_or_path, **hub_kwargs):
 def bert_from_hf(sd, n_layer):
     """HF BERT tensors (any head, with or without "bert." prefix) -> (encoder tensors with nanoft names, the rest
     with HF names). The rest holds the heads (cls.*) and whatever did not map (reported as unexpected)."""
-    names = bert_names(n_layer)
-    enc, rest, qkv = {}, {}, {}
+    modules = bert_hf_modules(n_layer)
+    part_of = {hf: (nano, i) for nano, hfs in modules.items() for i, hf in enumerate(hfs)}  # "...self.key" -> (qkv, 1)
+    enc, rest, fused = {}, {}, {}
     for name, t in sd.items():
         # Google's TF checkpoints called LayerNorm's scale and shift gamma and beta; old .bin files kept that
         name = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name))
         name = name.removeprefix("bert.")
         module, _, param = name.rpartition(".")
-        m = re.fullmatch(r"encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)", module)
-        if m and int(m[1]) < n_layer:
-            qkv[(int(m[1]), param, m[2])] = t
-        elif module in names:
-            enc[f"{names[module]}.{param}"] = t
-        elif name != "embeddings.position_ids":
-            rest[name] = t
-    for i, param in sorted({(i, param) for i, param, _ in qkv}):
-        parts = [qkv.get((i, param, p)) for p in ("query", "key", "value")]
+        if module not in part_of:
+            if name != "embeddings.position_ids":
+                rest[name] = t
+            continue
+        nano, i = part_of[module]
+        if len(modules[nano]) == 1:
+            enc[f"{nano}.{param}"] = t
+        else:
+            fused.setdefault((nano, param), [None] * len(modules[nano]))[i] = t
+    for (nano, param), parts in fused.items():
         if all(p is not None for p in parts):
-            enc[f"layers.{i}.attn.qkv.{param}"] = torch.cat(parts, dim=0)  # (3H, H) or (3H,)
+            enc[f"{nano}.{param}"] = torch.cat(parts, dim=0)  # qkv: (3H, H) or (3H,)
         else:  # half a qkv: report the pieces as unexpected rather than guess
-            rest.update({f"encoder.layer.{i}.attention.self.{p}.{param}": qkv[(i, param, p)]
-                         for p in ("query", "key", "value") if (i, param, p) in qkv})
+            rest.update({f"{hf}.{param}": p for hf, p in zip(modules[nano], parts) if p is not None})
     return enc, rest
 
 
 def bert_to_hf(sd, n_layer):
-    """nanoft BERT tensors -> HF BertModel names (no prefix)."""
-    to_hf = {nano: hf for hf, nano in bert_names(n_layer).items()}
+    """nanoft BERT tensors -> HF BertModel names (no prefix); the fused qkv splits back into query, key, value."""
+    modules = bert_hf_modules(n_layer)
     out = {}
     for name, t in sd.items():
         module, _, param = name.rpartition(".")
-        m = re.fullmatch(r"layers\.(\d+)\.attn\.qkv", module)
-        if m:
-            for part, chunk in zip(("query", "key", "value"), t.chunk(3, dim=0)):
-                out[f"encoder.layer.{m[1]}.attention.self.{part}.{param}"] = chunk.contiguous()
+        hfs = modules[module]
+        if len(hfs) == 1:
+            out[f"{hfs[0]}.{param}"] = t
         else:
-            out[f"{to_hf[module]}.{param}"] = t
+            for hf, chunk in zip(hfs, t.chunk(len(hfs), dim=0)):
+                out[f"{hf}.{param}"] = chunk.contiguous()
     return out
 
 
@@ -396,7 +411,7 @@ def mlm_head_from_hf(rest, word_embeddings):
 
 def hf_config(config, architecture):
     # model_type and architectures tell transformers which class to build from the folder
-    return {"model_type": "bert", "architectures": [architecture], **asdict(config)}
+    return {"model_type": BERT.HF_MODEL_TYPE, "architectures": [architecture], **asdict(config)}
 
 
 def _detached(model):

@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from nanoft.io import hf_files
 from nanoft.models import sampling
 from nanoft.models.attention import attention
+from nanoft.models.kv_cache import KVCache
 from nanoft.models.sampling import check_generate_args
 
 
@@ -50,8 +51,9 @@ class GPT2Config:  # field names = HF config.json keys, so GPT2Config(**known_ke
 
 class CausalSelfAttention(nn.Module):
 
-    def __init__(self, config):
+    def __init__(self, config, layer):
         super().__init__()
+        self.layer = layer  # this block's index: where its keys and values go in a KVCache
         self.n_head = config.n_head
         self.attn_pdrop = config.attn_pdrop
         # one matmul for query, key and value together (rows ordered q, k, v), as in the original GPT-2
@@ -59,16 +61,14 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
-    def forward(self, x, layer_past=None, use_cache=False):
+    def forward(self, x, kv_cache=None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        if layer_past is not None:  # the cached keys/values of earlier positions come first in time
-            k = torch.cat([layer_past[0], k], dim=2)  # (B, nh, T_past + T, hs)
-            v = torch.cat([layer_past[1], v], dim=2)
-        present = (k, v) if use_cache else None
+        if kv_cache is not None:  # the cached keys/values of earlier positions come first in time
+            k, v = kv_cache.update(self.layer, k, v)  # (B, nh, T_past + T, hs)
 
         T_k = k.size(2)
         if T == T_k:  # no cache: the usual lower-triangular mask, which SDPA builds (and may fuse) itself
@@ -80,7 +80,7 @@ class CausalSelfAttention(nn.Module):
             is_causal = False
         y = attention(q, k, v, mask, is_causal, dropout_p=self.attn_pdrop if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, nh * hs): heads side by side again
-        return self.resid_dropout(self.c_proj(y)), present
+        return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
@@ -102,21 +102,31 @@ class Block(nn.Module):
     GPT-2 moved LayerNorm there (from after the sum, as in BERT) because it keeps deep stacks trainable
     without a careful warm-up; the price is one more LayerNorm at the very end (ln_f)."""
 
-    def __init__(self, config):
+    def __init__(self, config, layer):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x, layer_past=None, use_cache=False):
-        a, present = self.attn(self.ln_1(x), layer_past, use_cache)
-        x = x + a
+    def forward(self, x, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), kv_cache)
         x = x + self.mlp(self.ln_2(x))
-        return x, present
+        return x
 
 
 class GPT2(nn.Module):
+    # What nanoft.quant reads (LoRA, quantization; see quant/targets.py), and the Hugging Face names, declared once.
+    HF_MODEL_TYPE = "gpt2"
+    CONFIG = GPT2Config
+    BLOCKS = "transformer.h"
+    # the linear layers of a block: the fused q/k/v projection (LoRA's original choice), then every other one
+    BLOCK_LINEARS = {"attention": ("attn.c_attn",), "mlp": ("attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+    # HF's c_attn, c_proj and c_fc are "Conv1D" layers, a port of the original TensorFlow code where they were 1x1
+    # convolutions computing x @ W with W stored (in, out). nn.Linear computes x @ W.T with W stored (out, in), so
+    # these weights are transposed between the two (a LoRA's A (r, in) and B (out, r) are not: PEFT gives Conv1D
+    # the same shapes as nn.Linear).
+    HF_TRANSPOSED = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
     def __init__(self, config: GPT2Config):
         super().__init__()
@@ -126,7 +136,7 @@ class GPT2(nn.Module):
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             wpe=nn.Embedding(config.n_positions, config.n_embd),
             drop=nn.Dropout(config.embd_pdrop),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -156,47 +166,39 @@ class GPT2(nn.Module):
             n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, input_ids, targets=None, past_key_values=None, use_cache=False, last_only=False):
-        """input_ids (B, T) -> logits (B, T, V); with targets (B, T) also the mean cross-entropy (-100 = ignore);
-        with use_cache also the new cache: a list per layer of (k, v), each (B, nh, T_past + T, hs).
-        last_only: logits of the last position only, (B, 1, V): all that generation needs.
-        Returns logits alone, or a tuple (logits, [loss], [cache]) of what was asked for, in that order."""
+    def forward(self, input_ids, targets=None, kv_cache=None, last_only=False):
+        """input_ids (B, T) -> (logits (B, T, V), loss); loss is the mean cross-entropy against targets (B, T)
+        (-100 = ignore), None without targets. kv_cache (a KVCache, generation only): the keys and values of the
+        positions before input_ids, extended in place by these T positions.
+        last_only: logits of the last position only, (B, 1, V): all that generation needs."""
         B, T = input_ids.shape
         if last_only and targets is not None:
             raise ValueError("last_only=True gives logits for one position, so there is no loss over targets: "
                              "pass targets or last_only=True, not both")
-        T_past = past_key_values[0][0].size(2) if past_key_values is not None else 0
+        T_past = kv_cache.length if kv_cache is not None else 0
         if T_past + T > self.config.n_positions:
             raise ValueError(f"sequence length {T_past + T} exceeds n_positions={self.config.n_positions}: "
                              f"crop input_ids to the last {self.config.n_positions} tokens")
         pos = torch.arange(T_past, T_past + T, dtype=torch.long, device=input_ids.device)  # (T,)
         x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(pos))  # (B, T, C)
 
-        presents = [] if use_cache else None
-        for i, block in enumerate(self.transformer.h):
-            layer_past = past_key_values[i] if past_key_values is not None else None
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+        for block in self.transformer.h:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None:
                 # keep only the block's input; backward re-runs the block (with the same dropout masks,
                 # since checkpoint restores the RNG state) instead of storing all its activations
-                x, present = checkpoint(block, x, layer_past, use_cache, use_reentrant=False)
+                x = checkpoint(block, x, use_reentrant=False)
             else:
-                x, present = block(x, layer_past, use_cache)
-            if use_cache:
-                presents.append(present)
+                x = block(x, kv_cache)
         if last_only:
             # the LM head costs C * V per position and its output is the forward's largest tensor (a 1024-token
             # prompt: 206 MB per sequence): generation wants the next token only, so skip the other positions
             x = x[:, -1:, :]  # (B, 1, C)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
 
-        if targets is None and not use_cache:
-            return logits
-        out = (logits,)
+        loss = None
         if targets is not None:
-            out += (F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100),)
-        if use_cache:
-            out += (presents,)
-        return out
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
 
     @torch.no_grad()
     def generate(self, input_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, do_sample=None,
@@ -215,13 +217,14 @@ class GPT2(nn.Module):
                              f"{max(self.config.n_positions - T + 1, 0)} or pass use_cache=False (which crops the "
                              "context to the last n_positions tokens once it is longer)")
 
-        def next_logits(ids, past):
+        def next_logits(ids, cache):
             if use_cache:  # feed only what the cache has not seen: the prompt first, then one token a step
-                logits, past = self(ids if past is None else ids[:, -1:], past_key_values=past, use_cache=True,
-                                    last_only=True)
+                if cache is None:
+                    cache = KVCache()
+                logits, _ = self(ids[:, cache.length:], kv_cache=cache, last_only=True)
             else:
-                logits = self(ids[:, -self.config.n_positions:], last_only=True)
-            return logits[:, -1, :], past  # (B, V)
+                logits, _ = self(ids[:, -self.config.n_positions:], last_only=True)
+            return logits[:, -1, :], cache  # (B, V)
         return sampling.generate(self, next_logits, input_ids, max_new_tokens, temperature, top_k, top_p, do_sample,
                                  eos_token_id, generator)
 
@@ -255,26 +258,37 @@ class GPT2(nn.Module):
         """A GPT2 from a Hugging Face GPT-2 checkpoint: a local folder or a hub id such as "gpt2".
         hub_kwargs (revision, cache_dir, offline) go to nanoft.io.hub.resolve."""
         supported = dict(scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False, add_cross_attention=False)
-        config, tensors = hf_files.read_folder(name_or_path, "gpt2", supported, **hub_kwargs)
+        config, tensors = hf_files.read_folder(name_or_path, cls.HF_MODEL_TYPE, supported, **hub_kwargs)
         model = cls(hf_files.config_from_dict(GPT2Config, config))
         return hf_files.load_into(model, gpt2_from_hf(tensors), name_or_path, strict)
 
     def save_pretrained(self, folder):
         """Write config.json + model.safetensors in Hugging Face's format (loadable by transformers too)."""
-        config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], **asdict(self.config)}
+        config = {"model_type": self.HF_MODEL_TYPE, "architectures": ["GPT2LMHeadModel"], **asdict(self.config)}
         tensors = gpt2_to_hf({k: v.detach() for k, v in self.state_dict().items()})
         hf_files.write_folder(folder, config, tensors)
 
+    def hf_modules(self):
+        """nanoft module path -> HF GPT2LMHeadModel module paths: the same names. lm_head is left out: it is the
+        token embedding (tied), and transformers does not save it either."""
+        names = ["transformer.wte", "transformer.wpe", "transformer.ln_f"]
+        for i in range(self.config.n_layer):
+            names += [f"transformer.h.{i}.{m}"
+                      for m in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")]
+        return {name: (name,) for name in names}
+
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Hugging Face names. nanoft uses GPT2LMHeadModel's own names, so only two things change:
+# Hugging Face checkpoints. nanoft uses GPT2LMHeadModel's own names, so only two things change:
 # - the original "gpt2" repo was saved from GPT2Model and has no "transformer." prefix (h.0.attn..., wte.weight);
-# - c_attn, c_proj and c_fc are HF "Conv1D" layers, a port of the original TensorFlow code where they were 1x1
-#   convolutions computing x @ W with W stored (in, out). nn.Linear computes x @ W.T with W stored (out, in), so
-#   these weights are transposed on the way in and out.
+# - the Conv1D weights (GPT2.HF_TRANSPOSED) are transposed on the way in and out.
 
-CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 GPT2_BUFFERS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")  # causal-mask constants older versions saved
+
+
+def is_conv1d_weight(name):
+    module, _, param = name.rpartition(".")
+    return param == "weight" and module.endswith(GPT2.HF_TRANSPOSED)
 
 
 def gpt2_from_hf(sd):
@@ -286,7 +300,7 @@ def gpt2_from_hf(sd):
         if name == "lm_head.weight":
             lm_head = t
             continue
-        out["transformer." + name] = t.t() if name.endswith(CONV1D) else t
+        out["transformer." + name] = t.t() if is_conv1d_weight(name) else t
     wte = out.get("transformer.wte.weight")
     if lm_head is not None and wte is not None and lm_head.shape == wte.shape and not torch.equal(lm_head, wte):
         raise ValueError("this GPT-2 checkpoint has an lm_head.weight that differs from transformer.wte.weight: "
@@ -298,5 +312,5 @@ def gpt2_from_hf(sd):
 
 def gpt2_to_hf(sd):
     # lm_head.weight is left out, as transformers does: it is the same tensor as wte and the loader re-ties it
-    return {name: (t.t() if name.endswith(CONV1D) else t).contiguous()
+    return {name: (t.t() if is_conv1d_weight(name) else t).contiguous()
             for name, t in sd.items() if name != "lm_head.weight"}

@@ -20,6 +20,7 @@ class KVCache:
     def __init__(self):
         self.keys = []    # per layer: (B, n_kv_head, T_cached, head_dim)
         self.values = []
+        self.state = None  # a recurrent model keeps its whole past here instead: the LSTM's (h, c)
 
     @property
     def length(self):
@@ -42,3 +43,5 @@ class KVCache:
         beams this way."""
         self.keys = [k.index_select(0, rows) for k in self.keys]
         self.values = [v.index_select(0, rows) for v in self.values]
+        if self.state is not None:  # the LSTM's (h, c), each (n_layers, B, hidden_dim)
+            self.state = tuple(s.index_select(1, rows) for s in self.state)

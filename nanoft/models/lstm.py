@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nanoft.models import sampling
+from nanoft.models.kv_cache import KVCache
 from nanoft.models.sampling import check_generate_args
 
 
@@ -47,24 +48,23 @@ class LSTMLM(nn.Module):
     def num_parameters(self):
         return sum(p.numel() for p in self.parameters())  # a tied weight is counted once
 
-    def forward(self, input_ids, targets=None, hidden=None, use_cache=False):
-        """input_ids (B, T) -> logits (B, T, V); with targets also the mean cross-entropy (-100 = ignore); with
-        use_cache also the LSTM state (h, c), each (n_layers, B, hidden_dim), to continue from via hidden=.
-        Returns logits alone, or a tuple (logits, [loss], [hidden]) of what was asked for, in that order."""
+    def forward(self, input_ids, targets=None, kv_cache=None):
+        """input_ids (B, T) -> (logits (B, T, V), loss); loss is the mean cross-entropy against targets (B, T)
+        (-100 = ignore), None without targets. kv_cache (a KVCache, generation only): an LSTM has no keys and
+        values, its whole past is its state (h, c), each (n_layers, B, hidden_dim); it continues from
+        kv_cache.state and leaves the new state there."""
         x = self.drop(self.embedding(input_ids))  # (B, T, emb_dim)
-        x, hidden = self.lstm(x, hidden)  # (B, T, hidden_dim)
+        x, hidden = self.lstm(x, kv_cache.state if kv_cache is not None else None)  # (B, T, hidden_dim)
+        if kv_cache is not None:
+            kv_cache.state = hidden
         x = self.drop(x)
         if self.proj is not None:
             x = self.proj(x)  # (B, T, emb_dim)
         logits = self.head(x)  # (B, T, V)
-        if targets is None and not use_cache:
-            return logits
-        out = (logits,)
+        loss = None
         if targets is not None:
-            out += (F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100),)
-        if use_cache:
-            out += (hidden,)
-        return out
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
 
     @torch.no_grad()
     def generate(self, input_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, do_sample=None,
@@ -73,11 +73,13 @@ class LSTMLM(nn.Module):
         from step to step; use_cache=False re-reads the whole prefix each step (slower, same tokens)."""
         check_generate_args(input_ids, max_new_tokens, temperature, top_k, top_p)
 
-        def next_logits(ids, hidden):
+        def next_logits(ids, cache):
             if use_cache:  # the prompt first, then one token a step, continuing from the carried state
-                logits, hidden = self(ids if hidden is None else ids[:, -1:], hidden=hidden, use_cache=True)
+                first = cache is None
+                cache = KVCache() if first else cache
+                logits, _ = self(ids if first else ids[:, -1:], kv_cache=cache)
             else:
-                logits = self(ids)
-            return logits[:, -1, :], hidden  # (B, V)
+                logits, _ = self(ids)
+            return logits[:, -1, :], cache  # (B, V)
         return sampling.generate(self, next_logits, input_ids, max_new_tokens, temperature, top_k, top_p, do_sample,
                                  eos_token_id, generator)

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanoft.quant.hf_modules import backbone, block_linears, family, hf_modules, replace_module
+from nanoft.quant.targets import backbone, block_linears, is_transposed, replace_module
 from nanoft.io.weights import load_safetensors, save_safetensors
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -124,15 +124,16 @@ class LoRALinear(nn.Module):
 
 
 def add_lora(model, r=8, alpha=16, dropout=0.0, targets="attention"):
-    """Put LoRA on the linear layers of the GPT2 / BERT inside model, freeze everything else, return model.
+    """Put LoRA on the block linears of the GPT2 / BERT / ... inside model (targets.backbone), freeze everything
+    else, return model.
     targets: "attention" (the q/k/v projection, the LoRA paper's choice), "all" (every linear layer in the blocks,
-    the QLoRA paper's choice), or a list of module paths relative to the GPT2 / BERT. Heads stay frozen too:
+    the QLoRA paper's choice), or a list of module paths relative to that backbone. Heads stay frozen too:
     set requires_grad on a task head afterwards to train it alongside."""
     prefix, net = backbone(model)
     names = block_linears(net, targets)
     for p in model.parameters():
         p.requires_grad_(False)
-    modules = hf_modules(net)
+    modules = net.hf_modules()
     for name in names:
         base = net.get_submodule(name)
         if isinstance(base, LoRALinear):
@@ -142,7 +143,7 @@ def add_lora(model, r=8, alpha=16, dropout=0.0, targets="attention"):
 
 
 def lora_layers(model):
-    """(path relative to the GPT2 / BERT, LoRALinear) for every adapted layer."""
+    """(path relative to the backbone, LoRALinear) for every adapted layer."""
     _, net = backbone(model)
     return [(name, m) for name, m in net.named_modules() if isinstance(m, LoRALinear)]
 
@@ -171,11 +172,11 @@ def merge_and_unload(model):
 # PEFT's format
 
 def lora_state_dict(model, hf_prefix=None):
-    """PEFT's tensor names -> the LoRA matrices. hf_prefix: where the transformers model keeps the GPT2 / BERT
+    """PEFT's tensor names -> the LoRA matrices. hf_prefix: where the transformers model keeps the backbone
     (default none: GPT2LMHeadModel's and BertModel's names; "bert." for BertForSequenceClassification), e.g.
     "base_model.model.transformer.h.0.attn.c_attn.lora_A.weight" (r, in) and "...lora_B.weight" (out, r)."""
     _, net = backbone(model)
-    modules, pre = hf_modules(net), hf_prefix or ""
+    modules, pre = net.hf_modules(), hf_prefix or ""
     out = {}
     for name, m in lora_layers(model):
         for k, i in enumerate(m.adapted):
@@ -213,7 +214,7 @@ def save_adapter(model, folder, hf_prefix=None, base_model_name_or_path=None):
     r, alpha = layers[0][1].r, layers[0][1].alpha
     if any(m.r != r or m.alpha != alpha for _, m in layers):
         raise ValueError("save_adapter writes one r and alpha for every layer; these layers differ")
-    modules, pre = hf_modules(net), hf_prefix or ""
+    modules, pre = net.hf_modules(), hf_prefix or ""
     all_hf = {pre + h for hs in modules.values() for h in hs}
     adapted = {pre + modules[name][i] for name, m in layers for i in m.adapted}
     dropout = layers[0][1].dropout
@@ -225,7 +226,8 @@ def save_adapter(model, folder, hf_prefix=None, base_model_name_or_path=None):
         "lora_alpha": alpha,
         "lora_dropout": dropout.p if isinstance(dropout, nn.Dropout) else 0.0,
         "target_modules": _target_modules(adapted, all_hf),
-        "fan_in_fan_out": family(net) == "gpt2",  # GPT-2's Conv1D stores W (in, out): PEFT transposes when merging
+        # GPT-2's Conv1D stores W (in, out): PEFT transposes when merging
+        "fan_in_fan_out": any(is_transposed(net, name) for name, _ in layers),
         "bias": "none",
         "use_rslora": False,
         "use_dora": False,
@@ -253,7 +255,7 @@ def load_adapter(model, folder, hf_prefix=None):
     tensors = {k.replace(".default.", "."): v for k, v in tensors.items()}  # older PEFT kept the adapter's name
     r, alpha, dropout = config["r"], config["lora_alpha"], config.get("lora_dropout", 0.0)
     _, net = backbone(model)
-    modules, pre = hf_modules(net), hf_prefix or ""
+    modules, pre = net.hf_modules(), hf_prefix or ""
     for p in model.parameters():
         p.requires_grad_(False)
     used = set()

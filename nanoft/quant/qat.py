@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanoft.quant.hf_modules import backbone, block_linears, replace_module
+from nanoft.quant.targets import backbone, block_linears, replace_module
 from nanoft.quant.int8 import dequantize_int8, quantize_int8
 from nanoft.quant.nf4 import dequantize_nf4, quantize_nf4
 from nanoft.quant.quantize import QUANTIZED

@@ -22,9 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nanoft.io import hf_files
-from nanoft.models.bert import BERT, BertConfig
-from nanoft.models.gpt2 import GPT2, GPT2Config
-from nanoft.quant.hf_modules import backbone, block_linears, family, hf_modules, is_transposed, replace_module
+from nanoft.quant.targets import backbone, block_linears, is_transposed, replace_module
 from nanoft.quant.int8 import dequantize_int8, fbgemm_pack, int8_linear, int8pack_available, quantize_int8
 from nanoft.quant.nf4 import BLOCK_SIZE, SCALE_BLOCK_SIZE, NF4Tensor, dequantize_nf4, quantize_nf4
 
@@ -147,16 +145,17 @@ def _layer_class(kind):
 
 @torch.no_grad()
 def quantize_model(model, kind="nf4", targets="all", head=False, **layer_kw):
-    """Post-training quantization, in place: the linear layers of the transformer blocks of the GPT2 / BERT inside
-    model become NF4Linear or Int8Linear (targets: "all", "attention", "mlp" or a list of paths). Returns model.
-    head=True (GPT-2, for inference): the LM head too. It is a third of GPT-2 small's weights and decoding reads all
-    of it for every token; the token embedding it is tied to stays in full precision (a lookup reads one row)."""
+    """Post-training quantization, in place: the linear layers of the transformer blocks of the GPT2 / BERT / ...
+    inside model (targets.backbone) become NF4Linear or Int8Linear (targets: "all", "attention", "mlp" or a list
+    of paths). Returns model. head=True (a language model, for inference): its lm_head too. It is a third of GPT-2
+    small's weights and decoding reads all of it for every token; the token embedding it is tied to stays in full
+    precision (a lookup reads one row)."""
     cls = _layer_class(kind)
     _, net = backbone(model)
     names = block_linears(net, targets)
     if head:
-        if family(net) != "gpt2":
-            raise ValueError("head=True quantizes GPT-2's LM head; BERT has none")
+        if not isinstance(getattr(net, "lm_head", None), nn.Linear):
+            raise ValueError(f"head=True quantizes a language model's lm_head; this {type(net).__name__} has none")
         names.append("lm_head")
     for name in names:
         replace_module(net, name, cls.from_linear(net.get_submodule(name), **layer_kw))
@@ -186,21 +185,35 @@ def _find(sd, name):
     raise KeyError(f"{name} is not in the checkpoint")
 
 
+def _tied(model):
+    """[(alias, source)]: the parameter paths that share a tensor with an earlier one (GPT-2's lm_head.weight is
+    transformer.wte.weight)."""
+    first, tied = {}, []
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            tied.append((name, first[id(p)]))
+        else:
+            first[id(p)] = name
+    return tied
+
+
 @torch.no_grad()
 def load_quantized(cls, name_or_path, kind="nf4", targets="all", dtype=torch.float32, layer_kw=None, **hub_kwargs):
-    """Build a GPT2 or BERT from a Hugging Face checkpoint (a local folder or a hub id) with the linear layers of its
-    blocks quantized as they are read, one layer at a time: the full-precision model never exists. The model is
-    built on the meta device (shapes, no memory), and every module then gets its tensors from the memory-mapped
-    checkpoint: quantized (targets, to `kind`; layer_kw go to the layer) or copied in `dtype` (embeddings, norms,
-    heads). hub_kwargs (revision, cache_dir, offline) go to nanoft.io.hub.resolve."""
+    """Build a GPT2, BERT, ... (a class that declares its HF names: see targets.py) from a Hugging Face checkpoint
+    (a local folder or a hub id) with the linear layers of its blocks quantized as they are read, one layer at a
+    time: the full-precision model never exists. The model is built on the meta device (shapes, no memory), and
+    every module then gets its tensors from the memory-mapped checkpoint: quantized (targets, to `kind`; layer_kw
+    go to the layer) or copied in `dtype` (embeddings, norms, heads). hub_kwargs (revision, cache_dir, offline) go
+    to nanoft.io.hub.resolve."""
     layer_cls = _layer_class(kind)
-    config_cls, model_type = {GPT2: (GPT2Config, "gpt2"), BERT: (BertConfig, "bert")}[cls]
-    config = hf_files.config_from_dict(config_cls, hf_files.read_config(name_or_path, model_type, **hub_kwargs))
+    config = hf_files.read_config(name_or_path, cls.HF_MODEL_TYPE, **hub_kwargs)
+    config = hf_files.config_from_dict(cls.CONFIG, config)
     with torch.device("meta"):
         model = cls(config)
+    tied = _tied(model)
     sd = hf_files.read_tensors(name_or_path, **hub_kwargs)  # safetensors: views into a memory map, read when touched
     quantized = set(block_linears(model, targets))
-    for name, hf_names in hf_modules(model).items():
+    for name, hf_names in model.hf_modules().items():
         module = model.get_submodule(name)
         tensors = {}
         for pname, _ in module.named_parameters(recurse=False):
@@ -213,8 +226,8 @@ def load_quantized(cls, name_or_path, kind="nf4", targets="all", dtype=torch.flo
         else:
             for pname, t in tensors.items():
                 setattr(module, pname, nn.Parameter(t.to(dtype).clone()))
-    if family(model) == "gpt2":
-        model.lm_head.weight = model.transformer.wte.weight  # tied: the head is the embedding
+    for alias, source in tied:  # a tied weight is read once, then shared again (the head is the embedding)
+        replace_module(model, alias, model.get_parameter(source))
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:
         raise ValueError(f"{name_or_path} left {len(left)} tensors unloaded (first: {left[0]})")

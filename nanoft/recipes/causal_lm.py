@@ -44,8 +44,9 @@ WIKITEXT_FILES = ("wikitext-2/wiki.valid.tokens", "wikitext-2/wiki.test.tokens")
 
 
 def lm_loss(model, batch):
-    """Mean next-token cross-entropy of a batch of LMBlocks: {"x": (B, T), "y": (B, T)}."""
-    return model(batch["x"], targets=batch["y"])[1]
+    """Mean next-token cross-entropy of a language-model batch {"input_ids": (B, T), "labels": (B, T)}."""
+    _, loss = model(batch["input_ids"], targets=batch["labels"])
+    return loss
 
 
 # ----------------------------------------------------------------------------- task data

@@ -1,7 +1,8 @@
 """The one training loop every chapter uses, in plain PyTorch.
 
     cfg = TrainConfig(lr=5e-5, batch_size=16, max_steps=1000, warmup_steps=100, eval_every=100, out_dir="runs/x")
-    result = train(model, train_dataset, lambda m, b: m(b["x"], targets=b["y"])[1], cfg, eval_fn=evaluate)
+    result = train(model, train_dataset, lambda m, b: m(b["input_ids"], targets=b["labels"])[1], cfg,
+                   eval_fn=evaluate)
 
 One optimizer step = grad_accum_steps micro-batches of batch_size examples on each process, then
 clip, AdamW, schedule. Every eval_every steps eval_fn(model) returns metrics; cfg.metric drives the
@@ -381,7 +382,7 @@ def count_tokens(batch) -> int:
         return int(batch["num_tokens"].sum()) if torch.is_tensor(batch["num_tokens"]) else int(batch["num_tokens"])
     if "attention_mask" in batch:
         return int(batch["attention_mask"].sum())
-    ids = batch.get("input_ids", batch.get("x"))
+    ids = batch.get("input_ids")
     return ids.numel() if torch.is_tensor(ids) else 0
 
 
