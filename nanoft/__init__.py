@@ -13,8 +13,11 @@ The package is in floors, each a folder, and each file imports only from the flo
 Every public name is importable from here, so that code outside nanoft does not depend on the folders:
 `from nanoft import GPT2, add_lora, fine_tune_classifier, minilm_dir`.
 """
-from nanoft.io.assets import minilm_dir
-from nanoft.io.tokenizer import Tokenizer, add_special_tokens, load_bert_tokenizer, load_gpt2_tokenizer
+from nanoft.io.assets import minilm_dir, smollm2_gguf
+from nanoft.io.chat import render_chat
+from nanoft.io.gguf import GGUFFile, read_gguf_checkpoint
+from nanoft.io.tokenizer import (Tokenizer, add_special_tokens, load_bert_tokenizer, load_gpt2_tokenizer,
+                                 load_tokenizer)
 from nanoft.models.bert import BERT, BertConfig, BertForMaskedLM, BertMLMHead
 from nanoft.models.gpt2 import GPT2, GPT2Config
 from nanoft.models.heads import (ClassificationHead, MultiTaskModel, SpanHead, classification_loss, freeze_encoder,
@@ -38,6 +41,7 @@ from nanoft.recipes.causal_lm import evaluate_perplexity, fine_tune_lm
 
 __all__ = [
     "minilm_dir", "Tokenizer", "add_special_tokens", "load_bert_tokenizer", "load_gpt2_tokenizer",
+    "smollm2_gguf", "load_tokenizer", "render_chat", "GGUFFile", "read_gguf_checkpoint",
     "BERT", "BertConfig", "BertForMaskedLM", "BertMLMHead", "GPT2", "GPT2Config", "LSTMLM", "LSTMConfig",
     "ClassificationHead", "SpanHead", "MultiTaskModel", "classification_loss", "span_loss", "freeze_encoder",
     "TrainConfig", "TrainResult", "train", "seed_everything", "load_checkpoint", "plot_log",

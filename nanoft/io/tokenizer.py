@@ -6,6 +6,9 @@ library (the Rust code behind transformers' fast tokenizers), so the ids are the
     new = add_special_tokens(tok, ["[TASK_START]", "[TASK_END]"])   # then resize the model's embeddings
     bert = load_bert_tokenizer(folder)         # tokenizer.json or vocab.txt
     batch = bert.batch(questions, contexts, max_length=384)        # padded tensors for the model
+    chat = load_tokenizer(smollm2_gguf())      # a chat model's: from a GGUF file, or a folder with tokenizer.json
+    text = chat.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True)
+    ids = chat.encode(text, add_special_tokens=False)                # the template already wrote the special tokens
 
 `Tokenizer.tok` is the `tokenizers.Tokenizer` itself, for everything this thin wrapper leaves out (offsets, overflow).
 """
@@ -13,7 +16,10 @@ import json
 import os
 
 import torch
-from tokenizers import AddedToken, Tokenizer as RustTokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import (AddedToken, Regex, Tokenizer as RustTokenizer, decoders, models, normalizers, pre_tokenizers,
+                        processors)
+
+from nanoft.io.chat import render_chat
 
 BERT_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 GPT2_EOS = "<|endoftext|>"
@@ -22,13 +28,39 @@ GPT2_EOS = "<|endoftext|>"
 class Tokenizer:
     """A `tokenizers.Tokenizer` plus what a training script needs: ids in, text out, padded batches as tensors."""
 
-    def __init__(self, tok: RustTokenizer, pad_token=None):
+    def __init__(self, tok: RustTokenizer, pad_token=None, eos_token=None, bos_token=None, chat_template=None):
         # the padding/truncation some tokenizer.json files carry (MiniLM's: pad everything to 128) would change
         # what encode() returns; batch() turns them on per call instead
         tok.no_padding()
         tok.no_truncation()
         self.tok = tok
-        self.pad_token = pad_token
+        self.pad_token, self.eos_token, self.bos_token = pad_token, eos_token, bos_token
+        self.chat_template = chat_template  # the Jinja text; apply_chat_template renders its format in Python
+
+    @property
+    def pad_token_id(self):
+        return None if self.pad_token is None else self.tok.token_to_id(self.pad_token)
+
+    @property
+    def eos_token_id(self):
+        return None if self.eos_token is None else self.tok.token_to_id(self.eos_token)
+
+    @property
+    def bos_token_id(self):
+        return None if self.bos_token is None else self.tok.token_to_id(self.bos_token)
+
+    @property
+    def special_tokens(self) -> list:
+        """The tokens that are never split (chat markup like "<|im_start|>"), in id order."""
+        added = self.tok.get_added_tokens_decoder()
+        return [added[i].content for i in sorted(added) if added[i].special]
+
+    def apply_chat_template(self, messages, add_generation_prompt: bool = False, date_string=None) -> str:
+        """The chat as one string, as the model's template writes it (nanoft.io.chat: ChatML or Llama 3).
+        messages: [{"role": "system" | "user" | "assistant", "content": str}, ...]; add_generation_prompt ends
+        with an assistant turn's header. Encode the result with add_special_tokens=False."""
+        return render_chat(self.chat_template, messages, add_generation_prompt, bos_token=self.bos_token or "",
+                           date_string=date_string)
 
     @property
     def vocab_size(self) -> int:
@@ -161,3 +193,101 @@ def load_gpt2_tokenizer(path_or_folder) -> Tokenizer:
     tok.decoder = decoders.ByteLevel()
     add_special_tokens(tok, [GPT2_EOS])  # "<|endoftext|>" in a text is the one end-of-text token, not 7 pieces
     return Tokenizer(tok)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chat models' tokenizers: from a GGUF file's metadata, or a folder's tokenizer.json (+ tokenizer_config.json)
+
+# How text is cut into words before BPE, by a GGUF file's tokenizer.ggml.pre (llama.cpp's names, its regexes)
+GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+PRE_TOKENIZERS = {"gpt2": [], "default": [],
+                  # SmolLM2, StarCoder: every digit on its own first, then GPT-2's split (as their tokenizer.json)
+                  "smollm": ["digits"], "starcoder": ["digits"],
+                  "llama-bpe": LLAMA3_SPLIT, "llama3": LLAMA3_SPLIT, "qwen2": QWEN2_SPLIT}
+
+
+def _pre_tokenizer(pre: str, path):
+    if pre not in PRE_TOKENIZERS:
+        raise ValueError(f"{path}: GGUF pre-tokenizer {pre!r}; nanoft builds {', '.join(PRE_TOKENIZERS)} (load the "
+                         "model's tokenizer.json folder with load_tokenizer instead)")
+    split = PRE_TOKENIZERS[pre]
+    if isinstance(split, str):  # a regex of its own, then bytes -> the byte alphabet
+        return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                                        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)   # GPT-2's regex inside
+    if split == ["digits"]:
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    return byte_level
+
+
+def _gguf_tokenizer(path) -> Tokenizer:
+    """The byte-level BPE that a GGUF file's metadata spells out (tokenizer.ggml.*), as `tokenizers` builds it."""
+    from nanoft.io.gguf import GGUFFile
+    meta = GGUFFile(path).metadata
+    if meta.get("tokenizer.ggml.model") != "gpt2":
+        raise ValueError(f"{path}: GGUF tokenizer {meta.get('tokenizer.ggml.model')!r}; nanoft builds byte-level BPE "
+                         "('gpt2': SmolLM2, Llama 3, Qwen2.5), not SentencePiece ('llama'): load the model's "
+                         "tokenizer.json folder instead")
+    tokens = meta["tokenizer.ggml.tokens"]  # in the byte alphabet already: " the" is "Ġthe"
+    merges = [tuple(m.split(" ")) for m in meta["tokenizer.ggml.merges"]]
+    tok = RustTokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+    tok.pre_tokenizer = _pre_tokenizer(meta.get("tokenizer.ggml.pre", "gpt2"), path)
+    tok.decoder = decoders.ByteLevel()
+    # token type 3 (control: "<|im_start|>") is special, 4 (user-defined) is matched whole but is not special
+    types = meta.get("tokenizer.ggml.token_type", [])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k == 3])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == 4])
+    name = lambda key: None if meta.get(key) is None else tokens[meta[key]]  # noqa: E731
+    bos = name("tokenizer.ggml.bos_token_id")
+    if meta.get("tokenizer.ggml.add_bos_token") and bos is not None:  # Llama 3 starts every text with it
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos}:1 $B:1",
+                                                           special_tokens=[(bos, meta["tokenizer.ggml.bos_token_id"])])
+    return Tokenizer(tok, pad_token=name("tokenizer.ggml.padding_token_id"),
+                     eos_token=name("tokenizer.ggml.eos_token_id"), bos_token=bos,
+                     chat_template=meta.get("tokenizer.chat_template"))
+
+
+def _token_text(value):
+    """tokenizer_config.json writes a special token as "<|im_end|>" or as {"content": "<|im_end|>", ...}."""
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def _folder_tokenizer(path_or_folder) -> Tokenizer:
+    json_file = _given_file(path_or_folder, "tokenizer.json") or _locate(path_or_folder, "tokenizer.json")
+    if json_file is None:
+        raise FileNotFoundError(f"no tokenizer.json in {path_or_folder}: pass a GGUF file, a model folder with "
+                                "tokenizer.json (+ tokenizer_config.json), or a hub id")
+    folder = os.path.dirname(json_file)
+    config = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the second wins, as in transformers
+        found = os.path.join(folder, name)
+        if os.path.isfile(found):
+            with open(found, encoding="utf-8") as f:
+                config.update(json.load(f))
+    template = config.get("chat_template")
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    jinja_file = os.path.join(folder, "chat_template.jinja")  # where transformers 4.43+ saves it
+    if template is None and os.path.isfile(jinja_file):
+        with open(jinja_file, encoding="utf-8") as f:
+            template = f.read()
+    return Tokenizer(RustTokenizer.from_file(json_file), pad_token=_token_text(config.get("pad_token")),
+                     eos_token=_token_text(config.get("eos_token")), bos_token=_token_text(config.get("bos_token")),
+                     chat_template=template)
+
+
+def load_tokenizer(path) -> Tokenizer:
+    """A chat model's tokenizer, with its special tokens, eos/pad/bos and chat template: from a GGUF file (its
+    metadata holds the byte-level BPE), a folder with tokenizer.json (+ tokenizer_config.json), or a hub id."""
+    p = os.path.expanduser(str(path))
+    if os.path.isfile(p) and os.path.basename(p) != "tokenizer.json":
+        with open(p, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise ValueError(f"{p} is neither a GGUF file nor a tokenizer.json: pass a .gguf file, a folder with "
+                                 "tokenizer.json, or a hub id")
+        return _gguf_tokenizer(p)
+    return _folder_tokenizer(path)
