@@ -289,7 +289,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, bad):
 @pytest.mark.parametrize("keep", [True, False])
 def test_cpu_runs_keep_freed_memory_unless_told_not_to(monkeypatch, keep):
     calls = []
-    monkeypatch.setattr(sys.modules["nanoft.training.train"], "keep_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(sys.modules["nanoft.training.device"], "keep_freed_memory", lambda: calls.append(1))
     train(TinyNet(), tiny_dataset(8), loss_fn, cfg_for(max_steps=1, keep_freed_memory=keep))
     assert calls == ([1] if keep else [])
 

@@ -2,17 +2,47 @@
 
 `torchrun --nproc_per_node=N` starts N copies of a script and tells each one its place through the
 environment (WORLD_SIZE, RANK, LOCAL_RANK); a plain `python` run is simply world size 1. train.py calls
-these once, before the loop.
+setup_hardware once, before the loop, and gets back a Hardware: all it needs to know about where it runs.
 """
 import ctypes
 import os
 import platform
 from contextlib import nullcontext
+from dataclasses import dataclass
 from functools import partial
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
+
+
+@dataclass
+class Hardware:
+    rank: int  # this process's place among the torchrun processes (0 without torchrun)
+    world: int  # how many processes (1 without torchrun)
+    created_group: bool  # whether we created the process group, and so tear it down at the end
+    device: torch.device
+    autocast: Callable  # a context factory for the forward pass (nullcontext in fp32)
+    use_scaler: bool  # fp16: the loss needs scaling
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0  # the process that prints, logs and writes the files
+
+
+def setup_hardware(cfg) -> Hardware:
+    """Processes, device and precision from a TrainConfig's device, precision, keep_freed_memory and progress;
+    prints what precision="auto" picked (once per process, on rank 0)."""
+    rank, world, created = setup_distributed(cfg.device)
+    device = pick_device(cfg.device)
+    autocast, use_scaler = autocast_for(cfg.precision, device)
+    if device.type == "cpu" and cfg.keep_freed_memory:
+        keep_freed_memory()
+    if rank == 0 and cfg.progress:
+        said = describe_precision(cfg.precision, device)  # what "auto" picked and why
+        if said:
+            print(said)
+    return Hardware(rank, world, created, device, autocast, use_scaler)
 
 
 def setup_distributed(device_name: str):

@@ -77,6 +77,24 @@ def open_log(out_dir: str, resume_step: int):
     return f, kept
 
 
+class RunLog:
+    """The records of a run: in memory (TrainResult.history) and, with an out_dir, in out_dir/log.jsonl, flushed
+    record by record so that a killed run keeps its log. resume_step: keep the file's records up to there."""
+
+    def __init__(self, out_dir: Optional[str], resume_step: int = 0):
+        self.file, self.records = open_log(out_dir, resume_step) if out_dir else (None, [])
+
+    def write(self, record: dict) -> None:
+        self.records.append(record)
+        if self.file:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+
+
 def plot_log(log_path: str, png_path: Optional[str] = None) -> Optional[str]:
     """Loss curves of a log.jsonl as a PNG. matplotlib is optional: without it, say so and return None."""
     try:

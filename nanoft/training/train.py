@@ -17,7 +17,6 @@ workers draw a random collate_fn's masks from streams of their own, which restar
 Around the loop: nanoft/training/optim.py builds AdamW and the schedule, nanoft/training/device.py picks the device,
 precision and processes, nanoft/training/run_files.py writes and reads the checkpoints and the log.
 """
-import json
 import math
 import os
 import random
@@ -25,7 +24,7 @@ import time
 import zlib
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -34,10 +33,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 from tqdm.auto import tqdm
 
-from nanoft.training.device import (autocast_for, describe_precision, gather, keep_freed_memory, pick_device,
-                           setup_distributed, to_device)
+from nanoft.training.device import Hardware, gather, setup_hardware, to_device
 from nanoft.training.optim import build_optimizer, build_scheduler, describe_groups
-from nanoft.training.run_files import load_checkpoint, open_log, plain, rng_state, save_checkpoint, set_rng_state
+from nanoft.training.run_files import RunLog, load_checkpoint, plain, rng_state, save_checkpoint, set_rng_state
 
 
 @dataclass
@@ -68,7 +66,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # GPT2 / BERT: recompute blocks in backward to save memory
     compile: bool = False  # torch.compile the training forward/backward (the first steps pay for compiling)
     # CPU on Linux: glibc keeps freed blocks for reuse instead of returning every large tensor to the OS and
-    # page-faulting it back each step (nanoft.training.device.keep_freed_memory: 0.6x the small GPT-2's step time here)
+    # page-faulting it back each step (nanoft.training.device.keep_freed_memory)
     keep_freed_memory: bool = True
     find_unused_parameters: bool = False  # DDP: True when some parameters get no gradient (multi-task heads)
     # evaluation and early stopping
@@ -95,6 +93,28 @@ class TrainResult:
     best_step: Optional[int]
     history: list = field(default_factory=list)  # the records of log.jsonl: {"type": "train"|"eval", "step", ...}
 
+    def curve(self, key: str) -> list:
+        """[(step, value)] of one metric over the run's evaluations, e.g. result.curve("val_loss")."""
+        return [(r["step"], r[key]) for r in self.history if r["type"] == "eval" and key in r]
+
+
+class Optimization(NamedTuple):
+    """What an optimizer step updates and a checkpoint keeps: AdamW, its schedule, fp16's loss scaler."""
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+
+
+@dataclass
+class Progress:
+    """Where a run is: what a checkpoint records besides the weights and the optimizer, and what resume restores."""
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batch: int = 0  # micro-batches done in this epoch
+    # the best evaluation so far, and how many evaluations since then did not improve on it (early stopping)
+    early: dict = field(default_factory=lambda: {"best": None, "best_step": None, "bad_evals": 0})
+    rng: Optional[dict] = None  # this process's random streams at the checkpoint
+
 
 def train(model: torch.nn.Module, train_data, loss_fn: Callable, cfg: TrainConfig,
           eval_fn: Optional[Callable] = None, collate_fn: Optional[Callable] = None,
@@ -103,177 +123,214 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, cfg: TrainConfi
     (under DDP that call is what synchronises gradients). eval_fn(model) -> {metric name: value}.
     length_fn(example) -> its length in tokens, for cfg.group_by_length (default: example_length)."""
     _check_config(cfg, eval_fn)
-    rank, world, created_group = setup_distributed(cfg.device)
-    device = pick_device(cfg.device)
-    autocast, use_scaler = autocast_for(cfg.precision, device)
-    if device.type == "cpu" and cfg.keep_freed_memory:
-        keep_freed_memory()
-    micro_per_epoch = _check_data(train_data, cfg.batch_size, world)
+    hw = setup_hardware(cfg)
+    micro_per_epoch = _check_data(train_data, cfg.batch_size, hw.world)
     lengths = [int((length_fn or example_length)(train_data[i])) for i in range(len(train_data))] \
         if cfg.group_by_length else None
     from_epochs = max(1, cfg.epochs * micro_per_epoch // cfg.grad_accum_steps) if cfg.epochs else None
     cfg = replace(cfg, max_steps=min(s for s in (cfg.max_steps, from_epochs) if s is not None))
-    is_main = rank == 0
+    plan = _data_plan(cfg, train_data, lengths)
     out = cfg.out_dir
-    if out and is_main:
+    if out and hw.is_main:
         os.makedirs(out, exist_ok=True)
-    seed_everything(cfg.seed + rank)  # rank 0 matches a 1-process run; other ranks draw other dropout masks
+    seed_everything(cfg.seed + hw.rank)  # rank 0 matches a 1-process run; other ranks draw other dropout masks
 
-    model.to(device)
+    model.to(hw.device)
     model.train()
     if cfg.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas)
-    scheduler = build_scheduler(optimizer, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)  # fp16 only; otherwise every call passes through
-    if is_main and cfg.progress:
-        said = describe_precision(cfg.precision, device)  # what "auto" picked and why, once per process
-        if said:
-            print(said)
-        if cfg.verbose:
-            print("AdamW parameter groups (matrices get weight decay; biases, norms and embeddings do not):")
-            print(describe_groups(optimizer.param_groups))
+    opt = _build_optimization(model, cfg, hw)
+    run = _resume(cfg, hw, model, opt, plan)
+    runner = _wrap(model, cfg, hw)
+    batches = _micro_batches(train_data, cfg, hw.rank, hw.world, collate_fn, run.epoch, run.batch, hw.device, lengths)
+    log = RunLog(out if hw.is_main else None, run.step)
+    bar = tqdm(total=cfg.max_steps, initial=run.step, disable=not (hw.is_main and cfg.progress), desc="train")
+    if run.rng is not None:
+        set_rng_state(run.rng, hw.device)  # last, so nothing above draws from the restored streams
 
-    step, epoch, batch_in_epoch, rng = 0, 0, 0, None
-    early = {"best": None, "best_step": None, "bad_evals": 0}
+    last_saved = run.step
+    stopped_early = cfg.patience is not None and run.early["bad_evals"] >= cfg.patience  # resuming a finished run
     best_weights = None  # restore_best without out_dir: a CPU copy of the state_dict at the best evaluation
-    if cfg.resume and out and os.path.exists(os.path.join(out, "checkpoint.pt")):
-        ckpt = load_checkpoint(os.path.join(out, "checkpoint.pt"), model, optimizer, scheduler, scaler)
-        data = ckpt["data"]
-        if (data["batch_size"], data["world_size"]) != (cfg.batch_size, world):
-            raise ValueError(f"checkpoint in {out} was written with batch_size={data['batch_size']} on "
-                             f"{data['world_size']} process(es): resume with the same, or set resume=False")
-        # the checkpoint knows its place in the data as (epoch, batch) of an order these decide: another order
-        # would skip the wrong batches, silently
-        now = _data_plan(cfg, train_data, lengths)
-        changed = {k: (data[k], now[k]) for k in now if data.get(k, now[k]) != now[k]}
-        if changed:
-            raise ValueError(f"checkpoint in {out} was written with other data settings ("
-                             + ", ".join(f"{k} {a} then, {b} now" for k, (a, b) in changed.items())
-                             + "): resume with the same data and settings, or set resume=False")
-        step, epoch, batch_in_epoch, early = ckpt["step"], data["epoch"], data["batch"], ckpt["early_stopping"]
-        rng = ckpt["rng"][rank]
-        if is_main and cfg.progress:
-            print(f"resuming from {out}/checkpoint.pt at step {step}")
-    ddp_model = DDP(model, find_unused_parameters=cfg.find_unused_parameters) if world > 1 else model
-    if cfg.compile:
-        # a wrapper around the same parameters, used for the training steps only: eval_fn and the saved
-        # state_dict see the plain model (no "_orig_mod." in the names, no recompiling for eval shapes)
-        ddp_model = torch.compile(ddp_model)
-    batches = _micro_batches(train_data, cfg, rank, world, collate_fn, epoch, batch_in_epoch, device, lengths)
-    log_file, history = open_log(out, step) if out and is_main else (None, [])
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=not (is_main and cfg.progress), desc="train")
-    if rng is not None:
-        set_rng_state(rng, device)  # last, so nothing above draws from the restored streams
-
-    def log(record):
-        history.append(record)
-        if log_file:
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
-
-    last_saved = step
-    stopped_early = cfg.patience is not None and early["bad_evals"] >= cfg.patience  # resuming a finished run
     t0, tokens = time.perf_counter(), 0.0
     try:
-        while step < cfg.max_steps and not stopped_early:
-            # --- one optimizer step: accumulate the gradients of grad_accum_steps micro-batches ---
-            loss_sum = torch.zeros((), device=device)
-            step_tokens = 0
-            for micro in range(cfg.grad_accum_steps):
-                epoch, batch_in_epoch, batch, n_tokens = next(batches)
-                step_tokens += n_tokens
-                # DDP all-reduces gradients in backward; only the last micro-batch needs it
-                sync = world == 1 or micro == cfg.grad_accum_steps - 1
-                with nullcontext() if sync else ddp_model.no_sync():
-                    with autocast():
-                        loss = loss_fn(ddp_model, batch)
-                    if loss.dim() != 0:
-                        raise ValueError(f"loss_fn returned shape {tuple(loss.shape)}: return a scalar (e.g. .mean())")
-                    # each micro-batch loss is a mean, so dividing by the count makes the summed
-                    # gradient the gradient of the mean over the whole step's batch
-                    scaler.scale(loss / cfg.grad_accum_steps).backward()
-                loss_sum += loss.detach().float()
-            stats = torch.stack([loss_sum / cfg.grad_accum_steps, torch.tensor(float(step_tokens), device=device)])
-            if world > 1:
-                dist.all_reduce(stats)  # sum over processes (gloo has no AVG)
-            step_loss, step_tokens = stats.tolist()  # one device->host sync per step
-            step_loss /= world
+        while run.step < cfg.max_steps and not stopped_early:
+            step_loss, step_tokens = _accumulate(runner, loss_fn, batches, cfg, hw, opt.scaler, run)
             if not math.isfinite(step_loss):  # every rank sees the same reduced loss, so all stop together
                 kept = f"{out}/checkpoint.pt (step {last_saved})" if out and last_saved else "none (nothing saved yet)"
-                raise FloatingPointError(f"loss is {step_loss} at step {step + 1}: stopping before the update; "
+                raise FloatingPointError(f"loss is {step_loss} at step {run.step + 1}: stopping before the update; "
                                          f"last good checkpoint: {kept}. Lower lr, set grad_clip, or bf16 not fp16")
-            grad_norm = None
-            if cfg.grad_clip:
-                scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            lr = optimizer.param_groups[0]["lr"]
-            scaler.step(optimizer)  # skips the update if fp16 gradients overflowed
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
+            lr, grad_norm = _optimizer_step(model, opt, cfg.grad_clip)
+            run.step += 1
             tokens += step_tokens
             bar.update(1)
 
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
+            if run.step % cfg.log_every == 0 or run.step == cfg.max_steps:
                 elapsed = time.perf_counter() - t0
-                record = {"type": "train", "step": step, "epoch": epoch, "loss": step_loss, "lr": lr,
+                record = {"type": "train", "step": run.step, "epoch": run.epoch, "loss": step_loss, "lr": lr,
                           "grad_norm": None if grad_norm is None else grad_norm.item(),
                           "tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0}
-                log(record)
+                log.write(record)
                 bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:,.0f}")
                 t0, tokens = time.perf_counter(), 0.0
 
-            if eval_fn and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps):
-                metrics = _evaluate(model, eval_fn, autocast, cfg.metric, world)
-                log({"type": "eval", "step": step, **metrics})
-                value, best = metrics[cfg.metric], early["best"]
-                if best is None or (value < best if cfg.mode == "min" else value > best):
-                    early = {"best": value, "best_step": step, "bad_evals": 0}
-                    if out and is_main:
-                        save_checkpoint(os.path.join(out, "best.pt"),
-                                        {"model": model.state_dict(), "step": step, "metrics": metrics})
-                    elif cfg.restore_best and not out:
-                        best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                else:
-                    early["bad_evals"] += 1
-                    stopped_early = cfg.patience is not None and early["bad_evals"] >= cfg.patience
-                if is_main and cfg.progress:
+            if eval_fn and ((cfg.eval_every and run.step % cfg.eval_every == 0) or run.step == cfg.max_steps):
+                metrics = _evaluate(model, eval_fn, hw.autocast, cfg.metric, hw.world)
+                log.write({"type": "eval", "step": run.step, **metrics})
+                if _track_best(run, metrics, cfg):
+                    best_weights = _keep_best(model, cfg, hw, run.step, metrics)
+                stopped_early = cfg.patience is not None and run.early["bad_evals"] >= cfg.patience
+                if hw.is_main and cfg.progress:
                     stop = f" (no improvement in {cfg.patience} evaluations: stopping)" if stopped_early else ""
-                    bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + stop)
+                    bar.write(f"step {run.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + stop)
 
             every = cfg.checkpoint_every or cfg.eval_every
-            if out and every >= 0 and ((every and step % every == 0) or step == cfg.max_steps or stopped_early):
-                rng_states = gather(rng_state(device), world)  # every rank's dropout stream, for an exact resume
-                if is_main:
-                    save_checkpoint(os.path.join(out, "checkpoint.pt"), {
-                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                        "data": {"epoch": epoch, "batch": batch_in_epoch, "batch_size": cfg.batch_size,
-                                 "world_size": world, **_data_plan(cfg, train_data, lengths)},
-                        "rng": rng_states, "early_stopping": early, "config": plain(asdict(cfg))})
-                last_saved = step
-        if world > 1:
+            if out and every >= 0 and ((every and run.step % every == 0) or run.step == cfg.max_steps
+                                       or stopped_early):
+                _save_checkpoint(model, opt, cfg, hw, run, plan)
+                last_saved = run.step
+        if hw.world > 1:
             # every rank finishes its last collective before any rank tears the group down: a gloo rank that
             # exits while a peer still talks to it aborts the whole run ("terminate called ...")
             dist.barrier()
-        if cfg.restore_best and eval_fn and early["best"] is not None:
-            # after the barrier, so that under DDP rank 0 has written best.pt before any rank reads it; every
-            # rank loads the same weights, so the processes stay in step for what the caller does next
-            if out:
-                load_checkpoint(os.path.join(out, "best.pt"), model)  # also right for a best found before a resume
-            elif best_weights is not None:
-                model.load_state_dict(best_weights)
-            if is_main and cfg.progress and early["best_step"] != step:
-                print(f"restored the weights of step {early['best_step']} ({cfg.metric} {early['best']:.4f})")
+        if cfg.restore_best and eval_fn and run.early["best"] is not None:
+            _restore_best(model, cfg, hw, run, best_weights)
     finally:
         bar.close()
-        if log_file:
-            log_file.close()
-        if created_group:
+        log.close()
+        if hw.created_group:
             dist.destroy_process_group()
-    return TrainResult(step, stopped_early, early["best"], early["best_step"], history)
+    return TrainResult(run.step, stopped_early, run.early["best"], run.early["best_step"], log.records)
+
+
+# ----------------------------------------------------------------------------- the steps of train()
+
+
+def _build_optimization(model, cfg: TrainConfig, hw: Hardware) -> Optimization:
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas)
+    scheduler = build_scheduler(optimizer, cfg)
+    scaler = torch.amp.GradScaler(hw.device.type, enabled=hw.use_scaler)  # fp16 only; else every call passes
+    if hw.is_main and cfg.progress and cfg.verbose:
+        print("AdamW parameter groups (matrices get weight decay; biases, norms and embeddings do not):")
+        print(describe_groups(optimizer.param_groups))
+    return Optimization(optimizer, scheduler, scaler)
+
+
+def _resume(cfg: TrainConfig, hw: Hardware, model, opt: Optimization, plan: dict) -> Progress:
+    """The Progress of out_dir/checkpoint.pt, with the weights and the optimizer loaded from it, when cfg.resume
+    and the file exists; else a fresh Progress."""
+    path = os.path.join(cfg.out_dir, "checkpoint.pt") if cfg.out_dir else None
+    if not (cfg.resume and path and os.path.exists(path)):
+        return Progress()
+    ckpt = load_checkpoint(path, model, *opt)
+    data = ckpt["data"]
+    if (data["batch_size"], data["world_size"]) != (cfg.batch_size, hw.world):
+        raise ValueError(f"checkpoint in {cfg.out_dir} was written with batch_size={data['batch_size']} on "
+                         f"{data['world_size']} process(es): resume with the same, or set resume=False")
+    # the checkpoint knows its place in the data as (epoch, batch) of an order these decide: another order
+    # would skip the wrong batches, silently
+    changed = {k: (data[k], plan[k]) for k in plan if data.get(k, plan[k]) != plan[k]}
+    if changed:
+        raise ValueError(f"checkpoint in {cfg.out_dir} was written with other data settings ("
+                         + ", ".join(f"{k} {a} then, {b} now" for k, (a, b) in changed.items())
+                         + "): resume with the same data and settings, or set resume=False")
+    if hw.is_main and cfg.progress:
+        print(f"resuming from {cfg.out_dir}/checkpoint.pt at step {ckpt['step']}")
+    return Progress(ckpt["step"], data["epoch"], data["batch"], ckpt["early_stopping"], ckpt["rng"][hw.rank])
+
+
+def _wrap(model, cfg: TrainConfig, hw: Hardware):
+    """What the training steps call: the model, under DDP with several processes, compiled with cfg.compile."""
+    runner = DDP(model, find_unused_parameters=cfg.find_unused_parameters) if hw.world > 1 else model
+    if cfg.compile:
+        # a wrapper around the same parameters, used for the training steps only: eval_fn and the saved
+        # state_dict see the plain model (no "_orig_mod." in the names, no recompiling for eval shapes)
+        runner = torch.compile(runner)
+    return runner
+
+
+def _accumulate(runner, loss_fn, batches, cfg: TrainConfig, hw: Hardware, scaler, run: Progress) -> tuple:
+    """Forward and backward of grad_accum_steps micro-batches, the gradients summed in place; moves run.epoch and
+    run.batch on. Returns (mean loss over the step's micro-batches and processes, tokens in them)."""
+    loss_sum = torch.zeros((), device=hw.device)
+    step_tokens = 0
+    for micro in range(cfg.grad_accum_steps):
+        run.epoch, run.batch, batch, n_tokens = next(batches)
+        step_tokens += n_tokens
+        # DDP all-reduces gradients in backward; only the last micro-batch needs it
+        sync = hw.world == 1 or micro == cfg.grad_accum_steps - 1
+        with nullcontext() if sync else runner.no_sync():
+            with hw.autocast():
+                loss = loss_fn(runner, batch)
+            if loss.dim() != 0:
+                raise ValueError(f"loss_fn returned shape {tuple(loss.shape)}: return a scalar (e.g. .mean())")
+            # each micro-batch loss is a mean, so dividing by the count makes the summed
+            # gradient the gradient of the mean over the whole step's batch
+            scaler.scale(loss / cfg.grad_accum_steps).backward()
+        loss_sum += loss.detach().float()
+    stats = torch.stack([loss_sum / cfg.grad_accum_steps, torch.tensor(float(step_tokens), device=hw.device)])
+    if hw.world > 1:
+        dist.all_reduce(stats)  # sum over processes (gloo has no AVG)
+    step_loss, step_tokens = stats.tolist()  # one device->host sync per step
+    return step_loss / hw.world, step_tokens
+
+
+def _optimizer_step(model, opt: Optimization, grad_clip) -> tuple:
+    """Clip, AdamW, schedule; returns (the lr this step used, the gradient norm before clipping or None)."""
+    grad_norm = None
+    if grad_clip:
+        opt.scaler.unscale_(opt.optimizer)  # clip the true gradients, not the fp16-scaled ones
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    lr = opt.optimizer.param_groups[0]["lr"]
+    opt.scaler.step(opt.optimizer)  # skips the update if fp16 gradients overflowed
+    opt.scaler.update()
+    opt.optimizer.zero_grad(set_to_none=True)
+    opt.scheduler.step()
+    return lr, grad_norm
+
+
+def _track_best(run: Progress, metrics: dict, cfg: TrainConfig) -> bool:
+    """Update run.early with an evaluation; True when it is the best so far."""
+    value, best = metrics[cfg.metric], run.early["best"]
+    if best is None or (value < best if cfg.mode == "min" else value > best):
+        run.early = {"best": value, "best_step": run.step, "bad_evals": 0}
+        return True
+    run.early["bad_evals"] += 1
+    return False
+
+
+def _keep_best(model, cfg: TrainConfig, hw: Hardware, step: int, metrics: dict) -> Optional[dict]:
+    """Keep the best weights: out_dir/best.pt, or without out_dir (for restore_best) a CPU copy, returned."""
+    if cfg.out_dir:
+        if hw.is_main:
+            save_checkpoint(os.path.join(cfg.out_dir, "best.pt"),
+                            {"model": model.state_dict(), "step": step, "metrics": metrics})
+        return None
+    if cfg.restore_best:
+        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return None
+
+
+def _save_checkpoint(model, opt: Optimization, cfg: TrainConfig, hw: Hardware, run: Progress, plan: dict) -> None:
+    rng_states = gather(rng_state(hw.device), hw.world)  # every rank's dropout stream, for an exact resume
+    if hw.is_main:
+        save_checkpoint(os.path.join(cfg.out_dir, "checkpoint.pt"), {
+            "model": model.state_dict(), "optimizer": opt.optimizer.state_dict(),
+            "scheduler": opt.scheduler.state_dict(), "scaler": opt.scaler.state_dict(), "step": run.step,
+            "data": {"epoch": run.epoch, "batch": run.batch, "batch_size": cfg.batch_size, "world_size": hw.world,
+                     **plan},
+            "rng": rng_states, "early_stopping": run.early, "config": plain(asdict(cfg))})
+
+
+def _restore_best(model, cfg: TrainConfig, hw: Hardware, run: Progress, best_weights: Optional[dict]) -> None:
+    """End with the weights of the best evaluation. After the barrier, so that under DDP rank 0 has written best.pt
+    before any rank reads it; every rank loads the same weights, so the processes stay in step for what the caller
+    does next."""
+    if cfg.out_dir:
+        load_checkpoint(os.path.join(cfg.out_dir, "best.pt"), model)  # also right for a best found before a resume
+    elif best_weights is not None:
+        model.load_state_dict(best_weights)
+    if hw.is_main and cfg.progress and run.early["best_step"] != run.step:
+        print(f"restored the weights of step {run.early['best_step']} ({cfg.metric} {run.early['best']:.4f})")
 
 
 # ----------------------------------------------------------------------------- data
