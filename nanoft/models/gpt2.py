@@ -202,12 +202,14 @@ class GPT2(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, do_sample=None,
-                 eos_token_id=None, use_cache=True, generator=None):
+                 eos_token_id=None, use_cache=True, generator=None, num_beams=1, no_repeat_ngram_size=0):
         """Continue input_ids (B, T) by up to max_new_tokens tokens -> (B, T + n_new).
-        Greedy when do_sample=False or temperature=0, otherwise samples (after top_k / top_p filtering).
+        Greedy when do_sample=False or temperature=0, otherwise samples (after top_k / top_p filtering);
+        num_beams > 1 is beam search (as transformers'); no_repeat_ngram_size=n forbids repeating an n-gram.
         eos_token_id (off when None): a sequence that emits it is padded with it until every one has, then we stop.
         use_cache=False re-runs the prefix (cropped to n_positions) each step; the tokens are the same either way."""
-        check_generate_args(input_ids, max_new_tokens, temperature, top_k, top_p)
+        check_generate_args(input_ids, max_new_tokens, temperature, top_k, top_p, num_beams, no_repeat_ngram_size,
+                            do_sample)
         T = input_ids.size(1)
         # the cache holds every position the model reads: the prompt and all new tokens but the last, which is
         # sampled and returned but never fed back
@@ -226,7 +228,7 @@ class GPT2(nn.Module):
                 logits, _ = self(ids[:, -self.config.n_positions:], last_only=True)
             return logits[:, -1, :], cache  # (B, V)
         return sampling.generate(self, next_logits, input_ids, max_new_tokens, temperature, top_k, top_p, do_sample,
-                                 eos_token_id, generator)
+                                 eos_token_id, generator, num_beams, no_repeat_ngram_size)
 
     def resize_token_embeddings(self, new_vocab_size, init="mean"):
         """Grow (or shrink) the vocabulary, e.g. after adding special tokens; lm_head stays tied.

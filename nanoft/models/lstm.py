@@ -68,10 +68,12 @@ class LSTMLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, do_sample=None,
-                 eos_token_id=None, use_cache=True, generator=None):
-        """Same arguments and output as GPT2.generate. The LSTM state is the cache: with use_cache it is carried
-        from step to step; use_cache=False re-reads the whole prefix each step (slower, same tokens)."""
-        check_generate_args(input_ids, max_new_tokens, temperature, top_k, top_p)
+                 eos_token_id=None, use_cache=True, generator=None, num_beams=1, no_repeat_ngram_size=0):
+        """Same arguments and output as GPT2.generate (num_beams and no_repeat_ngram_size included). The LSTM
+        state is the cache (KVCache.state, reordered with the beams): with use_cache it is carried from step to step;
+        use_cache=False re-reads the whole prefix each step (slower, same tokens)."""
+        check_generate_args(input_ids, max_new_tokens, temperature, top_k, top_p, num_beams, no_repeat_ngram_size,
+                            do_sample)
 
         def next_logits(ids, cache):
             if use_cache:  # the prompt first, then one token a step, continuing from the carried state
@@ -82,4 +84,4 @@ class LSTMLM(nn.Module):
                 logits, _ = self(ids)
             return logits[:, -1, :], cache  # (B, V)
         return sampling.generate(self, next_logits, input_ids, max_new_tokens, temperature, top_k, top_p, do_sample,
-                                 eos_token_id, generator)
+                                 eos_token_id, generator, num_beams, no_repeat_ngram_size)
