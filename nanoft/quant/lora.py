@@ -21,6 +21,7 @@ transformers model), so an adapter trained here loads in PEFT and the other way 
 """
 import json
 import math
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -64,6 +65,7 @@ class LoRALinear(nn.Module):
         for A in self.lora_A:
             nn.init.kaiming_uniform_(A, a=math.sqrt(5))  # nn.Linear's init, as in the LoRA paper's code and PEFT
         self.merged = False
+        self.enabled = True  # False: the base layer alone (lora_disabled: e.g. DPO's reference model)
 
     def delta_weight(self, k):
         """(alpha / r) B A of the k-th adapted part: (part_size, in)."""
@@ -71,7 +73,7 @@ class LoRALinear(nn.Module):
 
     def forward(self, x):
         y = self.base(x)
-        if self.merged:  # the change is inside base.weight already
+        if self.merged or not self.enabled:  # merged: the change is inside base.weight already
             return y
         # each part draws its own dropout mask, as PEFT's separate query/key/value adapters do
         deltas = [F.linear(F.linear(self.dropout(x), A), B) * self.scale for A, B in zip(self.lora_A, self.lora_B)]
@@ -158,6 +160,23 @@ def unmerge_lora(model):
     for _, m in lora_layers(model):
         m.unmerge()
     return model
+
+
+@contextmanager
+def lora_disabled(model):
+    """Inside the block, model is its base: every LoRALinear computes its frozen layer alone, as PEFT's
+    disable_adapter() does. The same weights serve as a second model (DPO's reference) without a copy."""
+    layers = [m for _, m in lora_layers(model)]
+    if any(m.merged for m in layers):
+        raise ValueError("cannot switch off merged LoRA adapters (their change is inside the base weights): "
+                         "unmerge_lora(model) first")
+    for m in layers:
+        m.enabled = False
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.enabled = True
 
 
 def merge_and_unload(model):

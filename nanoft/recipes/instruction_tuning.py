@@ -1,0 +1,192 @@
+"""Instruction tuning (supervised fine-tuning, SFT): teach a chat model to answer by training it on prompt/response
+pairs rendered with its own chat template, with the loss on the response alone.
+
+    render = lambda messages, add_generation_prompt: <the model's chat template as text>
+    data = load_instructions()
+    train_set = sft_features(data["train"], tokenizer, render, end_id)     # [{"input_ids", "labels"}], + counts
+    model = prepare_for_tuning(model, "lora")                              # or "qlora" (NF4 base) or "full"
+    fine_tune_sft(model, train_set.features, TrainConfig(lr=2e-4, epochs=1, batch_size=8), val=...)
+    response_perplexity(model, test_set.features)["perplexity"]
+
+What the model learns is decided by the labels:
+- a sequence is the rendered conversation cut right after the assistant's end-of-turn token (`end_id`, <|im_end|>
+  for ChatML): the template's newline after it is never trained on and never generated;
+- labels are targets, as everywhere in nanoft: labels[t] is the token to predict at position t (already shifted;
+  the model never shifts). They are -100 on every prompt position and on padding, so the loss covers the response
+  and its end-of-turn token. A model that is never trained on the end-of-turn token never learns to stop;
+- with gradient accumulation the loss of an optimizer step is the summed negative log-likelihood of all its response
+  tokens divided by their count, not the mean of per-micro-batch means, which would weigh a micro-batch of 10
+  response tokens like one of 100 (transformers #34191, torchtune #1875). The loop's TrainConfig(loss_sum=True)
+  divides by the step's count; the collate puts each micro-batch's count in batch["num_tokens"], where it looks.
+"""
+from dataclasses import dataclass, field, replace
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from nanoft.data.instructions import chat_messages, prompt_messages
+from nanoft.quant.lora import add_lora
+from nanoft.quant.quantize import quantize_model
+from nanoft.training.batching import Collate
+from nanoft.training.device import to_device
+from nanoft.training.train import TrainConfig, TrainResult, train
+
+METHODS = ("full", "lora", "qlora")
+
+
+# ----------------------------------------------------------------------------- records -> features
+
+
+def encode_conversation(tokenizer, render: Callable, messages: list, end_id: int) -> tuple:
+    """(ids of the whole conversation cut after the assistant's end-of-turn token, number of prompt ids).
+
+    render(messages, add_generation_prompt) -> the chat template's text. The prompt is the conversation without the
+    assistant's turn, rendered with the generation prompt ("<|im_start|>assistant\\n"): exactly what the model sees
+    when it answers, so it must be a prefix of the whole conversation's ids, which is checked."""
+    prompt = tokenizer.encode(render(messages[:-1], True), add_special_tokens=False)
+    full = tokenizer.encode(render(messages, False), add_special_tokens=False)
+    if full[:len(prompt)] != prompt:
+        raise ValueError("the chat template's prompt is not a prefix of the whole conversation once tokenized "
+                         f"({render(messages[:-1], True)[-40:]!r}): render the prompt with add_generation_prompt=True")
+    response = full[len(prompt):]
+    if end_id not in response:
+        raise ValueError(f"the rendered assistant turn has no end-of-turn token (id {end_id}): pass the template's "
+                         "end-of-turn id (<|im_end|> for ChatML) as end_id")
+    return full[:len(prompt) + response.index(end_id) + 1], len(prompt)
+
+
+def lm_feature(ids: list, n_prompt: int) -> dict:
+    """{"input_ids": ids[:-1], "labels": ids[1:] with -100 on every position whose next token is in the prompt}."""
+    labels = [-100] * (n_prompt - 1) + list(ids[n_prompt:])  # position t predicts ids[t + 1]
+    return {"input_ids": list(ids[:-1]), "labels": labels}
+
+
+@dataclass
+class Features:
+    features: list  # [{"input_ids": [...], "labels": [...]}] (preference pairs: {"chosen": ..., "rejected": ...})
+    records: list  # the records kept, in the same order
+    truncated: int = 0  # over-long sequences cut to max_len (the end of their response lost)
+    dropped: list = field(default_factory=list)  # indices of records dropped: their prompt alone fills max_len
+
+
+def sft_features(records, tokenizer, render: Callable, end_id: int, max_len: int = 512, overlong: str = "truncate",
+                 response_key: str = "output", verbose: bool = True) -> Features:
+    """Records -> SFT features (see the module docstring). A sequence longer than max_len is cut to max_len
+    (overlong="truncate": its response loses its end, end-of-turn token included) or left out ("drop"); a record
+    whose prompt alone leaves no response token within max_len is always left out. Both are counted and said."""
+    if overlong not in ("truncate", "drop"):
+        raise ValueError(f"overlong={overlong!r}: use 'truncate' or 'drop'")
+    out = Features([], [])
+    for i, record in enumerate(records):
+        ids, n_prompt = encode_conversation(tokenizer, render, chat_messages(record, record[response_key]), end_id)
+        if len(ids) - 1 > max_len:
+            if overlong == "drop" or n_prompt >= max_len:
+                out.dropped.append(i)
+                continue
+            ids, out.truncated = ids[:max_len + 1], out.truncated + 1
+        out.features.append(lm_feature(ids, n_prompt))
+        out.records.append(record)
+    if verbose and (out.truncated or out.dropped):
+        print(f"nanoft: {out.truncated} of {len(records)} conversations cut to max_len={max_len} tokens and "
+              f"{len(out.dropped)} left out (their prompt fills it, or overlong='drop'): raise max_len to keep them")
+    if not out.features:
+        raise ValueError(f"no record fits max_len={max_len}: raise max_len")
+    return out
+
+
+@dataclass
+class SFTCollate:
+    """features -> {"input_ids": (B, T) padded with pad_id, "labels": (B, T) padded with -100, "num_tokens": the
+    count of labels that are not -100, which TrainConfig(loss_sum=True) divides the step's summed loss by}."""
+    pad_id: int = 0
+
+    def __call__(self, features) -> dict:
+        batch = Collate(self.pad_id)([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
+        return {"input_ids": batch["input_ids"], "labels": batch["labels"],
+                "num_tokens": int((batch["labels"] != -100).sum())}
+
+
+# ----------------------------------------------------------------------------- the model and the loss
+
+
+def prepare_for_tuning(model, method: str = "lora", r: int = 16, alpha: int = 32, dropout: float = 0.0,
+                       targets="all"):
+    """One argument for what trains: "full" (every weight), "lora" (adapters on a frozen base) or "qlora" (adapters
+    on a base quantized to NF4, QLoRA's recipe). targets: the block linears LoRA adapts ("all": every one, as
+    QLoRA; "attention": q/k/v). Returns the model."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: use one of {', '.join(METHODS)}")
+    if method == "full":
+        return model.requires_grad_(True)
+    if method == "qlora":
+        quantize_model(model, "nf4", targets=targets)  # the base in 4 bits; the adapters below train in fp32
+    return add_lora(model, r=r, alpha=alpha, dropout=dropout, targets=targets)
+
+
+def response_nll(model, batch) -> torch.Tensor:
+    """Summed negative log-likelihood of the labelled tokens of a batch (a 0-d tensor), in fp32."""
+    logits, _ = model(batch["input_ids"])  # (B, T, V)
+    return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100,
+                           reduction="sum")
+
+
+def sft_loss(model, batch) -> torch.Tensor:
+    """The summed NLL of the response tokens: train(..., TrainConfig(loss_sum=True)) divides by the step's count."""
+    return response_nll(model, batch)
+
+
+def fine_tune_sft(model, train_features: list, cfg: TrainConfig, val_features: Optional[list] = None,
+                  pad_id: int = 0, eval_batch_size: int = 16) -> TrainResult:
+    """Train model (prepared with prepare_for_tuning) on SFT features with nanoft's loop, the loss normalised by the
+    response tokens of each whole optimizer step. With val_features, eval_fn reports their response perplexity
+    ({"val_loss", "val_ppl"}) every cfg.eval_every steps and at the end."""
+    eval_fn = None
+    if val_features:
+        def eval_fn(m):
+            r = response_perplexity(m, val_features, eval_batch_size, pad_id)
+            return {"val_loss": r["loss"], "val_ppl": r["perplexity"]}
+    return train(model, train_features, sft_loss, replace(cfg, loss_sum=True), eval_fn=eval_fn,
+                 collate_fn=SFTCollate(pad_id))
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+@torch.no_grad()
+def response_perplexity(model, features: list, batch_size: int = 16, pad_id: int = 0) -> dict:
+    """{"loss": mean NLL per response token, "perplexity": its exp, "tokens": how many} over features, each
+    response's end-of-turn token included."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    collate, total, count = SFTCollate(pad_id), 0.0, 0
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))  # little padding per batch
+    try:
+        for i in range(0, len(order), batch_size):
+            batch = to_device(collate([features[j] for j in order[i:i + batch_size]]), device)
+            total += response_nll(model, batch).item()
+            count += batch["num_tokens"]
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("no response tokens to score: pass features made by sft_features")
+    loss = total / count
+    return {"loss": loss, "perplexity": float(torch.tensor(loss).exp()), "tokens": count}
+
+
+@torch.no_grad()
+def generate_responses(model, tokenizer, render: Callable, records, end_id: int, max_new_tokens: int = 64) -> list:
+    """Greedy answers to each record's prompt: [{"text": without the end-of-turn token, "ids": the new token ids
+    (end-of-turn excluded), "stopped": whether the model ended its turn within max_new_tokens}]. One prompt at a
+    time: nanoft's models have no padding mask, and left-padding a batch would change what they see."""
+    device = next(model.parameters()).device
+    answers = []
+    for record in records:
+        prompt = tokenizer.encode(render(prompt_messages(record), True), add_special_tokens=False)
+        new = model.generate(torch.tensor([prompt], device=device), max_new_tokens=max_new_tokens, temperature=0,
+                             eos_token_id=end_id)[0, len(prompt):].tolist()
+        stopped = end_id in new
+        ids = new[:new.index(end_id)] if stopped else new
+        answers.append({"text": tokenizer.decode(ids, skip_special_tokens=True), "ids": ids, "stopped": stopped})
+    return answers
