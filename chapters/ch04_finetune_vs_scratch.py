@@ -14,8 +14,6 @@ same token ids, with the same training loop, and are measured the same way. What
 
 The recipe (task tokens, blocks, fine_tune_lm, perplexity, samples, the offline GPT-2) is nanoft/recipes/causal_lm.py.
 """
-import argparse
-import json
 import os
 from dataclasses import replace
 
@@ -24,45 +22,37 @@ import torch
 from nanoft.recipes.causal_lm import (OFFLINE, SMALL_GPT2_LR, TASK_TOKENS, GPT2_LR, PretrainConfig, add_task_tokens,
                               default_lr, fine_tune_lm, first_reaching, load_pretrained_gpt2, plot_curves, sample,
                               task_blocks, task_ids, train_last_blocks)
-from nanoft.cli.flags import fraction, nonneg_float, nonneg_int, positive_float, positive_int, run_main
+from nanoft.cli.flags import (ChapterParser, add_io_flags, add_run_flags, fraction, nonneg_float, nonneg_int,
+                              positive_float, positive_int, run_main)
+from nanoft.cli.report import check_out_dir, label, write_json
 from nanoft.data.datasets import dataset_path, read_text
 from nanoft.training.device import pick_device, resolve_precision
 from nanoft.data.lm_data import split_examples
 from nanoft.models.lstm import LSTMConfig, LSTMLM
 from nanoft.training.train import TrainConfig, seed_everything
 
-EXAMPLES = """first run it small (seconds: a toy pretraining and 4 steps; its numbers mean nothing):
-  python chapters/ch04_finetune_vs_scratch.py --data-dir ../shared/data --smoke
-the chapter's run (about 10 min on 2 cores once the small GPT-2 is cached; its pretraining adds about 7, once):
-  python chapters/ch04_finetune_vs_scratch.py --data-dir ../shared/data
-Writes OUT_DIR/ch04_results.json and OUT_DIR/ch04_perplexity.png; the offline model is cached in
-$NANOFT_CACHE/models (default ~/.cache/nanoft/models). NANOFT_DEBUG=1 shows tracebacks of user errors."""
+EXAMPLES = """examples:
+  python chapters/ch04_finetune_vs_scratch.py --data-dir ../shared/data --smoke   # seconds: a toy pretraining, 4 steps
+  python chapters/ch04_finetune_vs_scratch.py --data-dir ../shared/data           # the chapter's run
+the chapter's run takes about 10 min on 2 cores once the small GPT-2 is cached; its pretraining, once, adds about 7
+(README, "Chapter 4", for the machine and date). Writes OUT_DIR/ch04_results_gpt2.json when GPT-2 is done,
+OUT_DIR/ch04_results_lstm.json when the LSTM is, OUT_DIR/ch04_results.json (all so far) each time, and
+OUT_DIR/ch04_perplexity.png; the offline model is cached in $NANOFT_CACHE/models (default ~/.cache/nanoft/models).
+Ctrl-C keeps what had finished and says where. NANOFT_DEBUG=1 shows tracebacks of user errors."""
 SMOKE = dict(block_size=32, batch_size=4, max_steps=4, eval_every=2, warmup_steps=1, val_fraction=0.002,
              lstm_emb=16, lstm_hidden=16, gen_tokens=8, no_progress=True, pretrain_steps=3, pretrain_layers=1,
              pretrain_width=16, pretrain_heads=2)
-
-
-class Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Each flag's default in --help; the description and the examples below keep their lines."""
+MEMORY = "--batch-size or --block-size"
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
-        description="Fine-tune a pretrained GPT-2 and train a 2-layer LSTM from scratch on the same Tiny\n"
-                    "Shakespeare tokens with the same training loop; compare validation perplexity against\n"
-                    "tokens seen and training time.",
-        usage="%(prog)s [options]  (--help lists them)", epilog=EXAMPLES, allow_abbrev=False,
-        formatter_class=lambda prog: Help(prog, max_help_position=32))
-    p.add_argument("--model", default=OFFLINE,
-                   help="the pretrained GPT-2: 'offline' = a small GPT-2 pretrained on WikiText-2 and cached (trained "
-                        "first when missing, sized by the --pretrain-* flags), or a hub id (gpt2, distilgpt2, "
-                        "gpt2-medium) or a local Hugging Face GPT-2 folder; the tokenizer comes from the same place")
-    p.add_argument("--data-dir", default=None,
-                   help="folder laid out like ../shared/data (tiny_shakespeare/input.txt, wikitext-2/...); default: "
-                        "$NANOFT_DATA, the download cache, a download, or else the bundled sample (with a notice)")
-    p.add_argument("--out-dir", default="runs/ch04", help="where the results JSON and the plot are written")
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny sizes (a toy pretraining, 4 steps): checks that it runs in seconds; flags given win")
+    p = ChapterParser("ch04", "Fine-tune a pretrained GPT-2 and train a 2-layer LSTM from scratch on the same Tiny "
+                      "Shakespeare tokens with the same training loop; compare validation perplexity against tokens "
+                      "seen and training time.", EXAMPLES, smoke=SMOKE)
+    add_io_flags(p, "runs/ch04", model_default=OFFLINE, out_help="where the results JSON and the plot are written",
+                 model_help="the pretrained GPT-2: 'offline' = a small GPT-2 pretrained on WikiText-2 and cached "
+                 "(trained first when missing, sized by the --pretrain-* flags), or a hub id (gpt2, distilgpt2, "
+                 "gpt2-medium) or a local Hugging Face GPT-2 folder; the tokenizer comes from the same place")
     p.add_argument("--block-size", type=positive_int, default=128, help="tokens per training sequence (both models)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="sequences per optimizer step (both models)")
     p.add_argument("--max-steps", type=positive_int, default=300,
@@ -95,41 +85,28 @@ def build_parser():
     g.add_argument("--no-task-tokens", action="store_true",
                    help="no [TASK_START]/[TASK_END]: the speeches as plain text, a blank line apart, for both models")
     g.add_argument("--train-last-blocks", type=nonneg_int, default=None, metavar="K",
-                   help="fine-tune only GPT-2's last K blocks and its final LayerNorm (0: ln_f alone); the "
-                        "embeddings (tied to the output layer) and the other blocks stay frozen (None: all of GPT-2 is fine-tuned)")
+                   help="fine-tune only GPT-2's last K blocks and its final LayerNorm (0: ln_f alone); the embeddings "
+                        "(tied to the output layer) and the other blocks stay frozen (None: all of GPT-2 is fine-tuned)")
     g.add_argument("--train-tokens", type=nonneg_int, default=0, metavar="N",
                    help="train on only the first N training tokens (both models; validation unchanged; 0 = all)")
     g.add_argument("--skip-lstm", action="store_true", help="fine-tune GPT-2 only and stop there")
-    g = p.add_argument_group("where it runs")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda if available")
-    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="auto: nanoft's choice for the device (bf16 autocast on a GPU, and on a CPU with native bf16 "
-                        "where nanoft supports it; else fp32); weights and optimizer stay fp32 either way")
-    g.add_argument("--threads", type=nonneg_int, default=0,
-                   help="CPU threads for torch (0 = torch's default, one per core); on a machine busy with other "
-                        "jobs 1 can be several times faster")
-    g.add_argument("--seed", type=nonneg_int, default=1337, help="seed for weights, data order, dropout, sampling")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in logs)")
+    add_run_flags(p, seed=1337)  # the seed of the chapter's measured figures
     return p
 
 
 def parse_args(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
-    if args.smoke:  # the smoke sizes become the defaults; flags given on the command line still win
-        p.set_defaults(**SMOKE)
-        args = p.parse_args(argv)
     if args.val_fraction == 0:
-        p.error("argument --val-fraction: 0 leaves nothing to validate on: give a number above 0, e.g. 0.05")
+        p.error("--val-fraction: 0 leaves nothing to validate on: give a number above 0, e.g. 0.05")
     if args.pretrain_width % args.pretrain_heads:
         p.error(f"--pretrain-width {args.pretrain_width} is not a multiple of --pretrain-heads {args.pretrain_heads}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("argument --device: cuda, but torch sees no CUDA GPU here: pass --device cpu (or auto)")
     return args
 
 
-def print_table(gpt_rows, lstm_rows):
-    print(f"\n{'step':>6} {'tokens seen':>12} | {'GPT-2 s':>8} {'GPT-2 ppl':>10} | {'LSTM s':>8} {'LSTM ppl':>10}")
+def print_table(gpt_rows, lstm_rows, note=""):
+    print(f"\n{note}" if note else "")
+    print(f"{'step':>6} {'tokens seen':>12} | {'GPT-2 s':>8} {'GPT-2 ppl':>10} | {'LSTM s':>8} {'LSTM ppl':>10}")
     print("-" * 64)
     for g, l in zip(gpt_rows, lstm_rows):  # both are evaluated at the same steps
         print(f"{g['step']:>6} {g['tokens']:>12,} | {g['seconds']:>8.1f} {g['ppl']:>10.1f} | "
@@ -163,6 +140,7 @@ def summarize(gpt_rows, lstm_rows, pretrain_info, model_name):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_out_dir(args.out_dir)  # before any work: a folder that cannot hold the results fails now, not at the end
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
@@ -222,8 +200,13 @@ def main(argv=None):
     results = {"model": model_name, "task_data": str(data.path), "task_data_is_sample": data.is_sample,
                "pretrain": pretrain_info, "precision": precision, "gpt2_lr": lr, "gpt2_trainable": n_trained,
                "task_tokens_in_train": sum(counts), "vocab_size": tok.vocab_size, "train_tokens": len(task.train_ids),
-               "gpt2": gpt_rows}
-    os.makedirs(args.out_dir, exist_ok=True)
+               "gpt2": gpt_rows, "smoke": args.smoke}
+
+    def save(part, rows):  # the part's own file, and everything so far
+        write_json(rows, os.path.join(args.out_dir, f"ch04_results_{part}.json"))
+        write_json(results, os.path.join(args.out_dir, "ch04_results.json"))
+
+    save("gpt2", gpt_rows)  # on disk now: an error or a Ctrl-C during the LSTM keeps GPT-2's curve
     if not args.skip_lstm:  # the exercises that change only GPT-2's side stop here: its curve is their result
         # 5. An LSTM from scratch on the same tokens, with the same loop
         seed_everything(args.seed)
@@ -234,28 +217,25 @@ def main(argv=None):
         lstm_rows = fine_tune_lm(lstm, task.train, task.val, replace(cfg, lr=args.lstm_lr), name="LSTM")
 
         # 6. Compare: perplexity against tokens seen and training time, a plot, and a sample of each
-        print_table(gpt_rows, lstm_rows)
+        results.update(lstm_lr=args.lstm_lr, lstm_params=lstm.num_parameters(), lstm=lstm_rows)
+        save("lstm", lstm_rows)
+        tag = label(args.smoke, data.is_sample)  # SMOKE sizes / SAMPLE data: not results, and the table says so
+        print_table(gpt_rows, lstm_rows, f"NOTE: {tag}: the numbers show that the code runs, no more" if tag else "")
         results["summary"] = summarize(gpt_rows, lstm_rows, pretrain_info, model_name)
-        tag = "SAMPLE data (not Tiny Shakespeare): shows the method, not the answer" if data.is_sample else \
-            "Tiny Shakespeare"
         results["plot"] = plot_curves({"GPT-2 fine-tuned": gpt_rows, "LSTM from scratch": lstm_rows},
-                                      os.path.join(args.out_dir, "ch04_perplexity.png"),
-                                      f"Chapter 4: fine-tuned GPT-2 vs an LSTM from scratch, on {tag}")
+                                      os.path.join(args.out_dir, "ch04_perplexity.png"), "Chapter 4: fine-tuned GPT-2 "
+                                      f"vs an LSTM from scratch, on {tag or 'Tiny Shakespeare'}")
         prompt = args.prompt if args.prompt is not None else speeches[-1].splitlines()[0]  # a validation speaker
         results["samples"] = {}
         for name, model in (("GPT-2 fine-tuned", gpt2), ("LSTM from scratch", lstm)):
             results["samples"][name] = sample(model, tok, prompt + "\n", args.gen_tokens, start_id, end_id,
                                               seed=args.seed)
             print(f"\n--- {name} ---\n{results['samples'][name]}")
-        results.update(lstm_lr=args.lstm_lr, lstm_params=lstm.num_parameters(), lstm=lstm_rows)
-
-    path = os.path.join(args.out_dir, "ch04_results.json")
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2)
+    path = write_json(results, os.path.join(args.out_dir, "ch04_results.json"))
     print(f"\nWritten: {path}" + (f", {results['plot']}" if results.get("plot") else "")
           + (f"; the pretrained model is cached in {model_name}" if pretrain_info else ""))
     return results
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, name="ch04", memory=MEMORY)

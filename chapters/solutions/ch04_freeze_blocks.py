@@ -4,7 +4,7 @@ block (and the final LayerNorm), with everything else frozen; perplexity, traina
     python -m chapters.solutions.ch04_freeze_blocks --data-dir ../shared/data
     python -m chapters.solutions.ch04_freeze_blocks --data-dir ../shared/data --blocks all,2,1,0
 """
-from . import chapter4_args, chapter4_parser, chapter4_setup
+from .ch04_common import chapter4_args, chapter4_parser, chapter4_setup
 from nanoft.cli.report import print_table, save_rows
 from nanoft.recipes.causal_lm import best_and_final, fine_tune_lm, train_last_blocks
 from nanoft.cli.flags import nonneg_int, run_main
@@ -16,7 +16,7 @@ def block_settings(text):
 
 
 def build_parser():
-    p = chapter4_parser(__doc__)
+    p = chapter4_parser("ch04_freeze_blocks", __doc__)
     p.add_argument("--blocks", type=block_settings, default="all,1",
                    help="comma-separated: 'all' (the chapter's full fine-tuning) or K, the last K blocks trained "
                         "(0: the final LayerNorm alone)")

@@ -8,7 +8,7 @@ chapter's --lr help).
 import argparse
 from dataclasses import replace
 
-from . import chapter4_args, chapter4_parser, chapter4_setup
+from .ch04_common import chapter4_args, chapter4_parser, chapter4_setup
 from nanoft.cli.report import print_table, save_rows
 from nanoft.recipes.causal_lm import best_and_final, fine_tune_lm
 from nanoft.cli.flags import nonneg_int, positive_float, run_main
@@ -26,7 +26,7 @@ def lr_warmup_pairs(text):
 
 
 def build_parser():
-    p = chapter4_parser(__doc__, defaults={"max_steps": 150, "eval_every": 25})
+    p = chapter4_parser("ch04_lr_warmup", __doc__, defaults={"max_steps": 150, "eval_every": 25})
     p.add_argument("--runs", type=lr_warmup_pairs, default="5e-5:30,1e-3:30,4e-3:30,1.6e-2:30,1.6e-2:0",
                    help="comma-separated lr:warmup-steps pairs")
     return p

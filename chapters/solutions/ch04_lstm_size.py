@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import torch
 
-from . import chapter4_args, chapter4_parser, chapter4_setup
+from .ch04_common import chapter4_args, chapter4_parser, chapter4_setup
 from nanoft.cli.report import print_table, save_rows
 from nanoft import LSTMConfig, LSTMLM
 from nanoft.recipes.causal_lm import best_and_final, fine_tune_lm
@@ -16,7 +16,7 @@ from nanoft.cli.flags import list_of, positive_int, run_main
 
 
 def build_parser():
-    p = chapter4_parser(__doc__)
+    p = chapter4_parser("ch04_lstm_size", __doc__)
     p.add_argument("--layers", type=list_of(positive_int, "1,2"), default="1,2,3,4",
                    help="LSTM depths to size (embedding = hidden = the width found)")
     p.add_argument("--train", action="store_true",

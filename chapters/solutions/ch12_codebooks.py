@@ -13,13 +13,11 @@ for int4, double-quantized to 8 bits for NF4 as QLoRA does). The chapter measure
     python -m chapters.solutions.ch12_codebooks
     python -m chapters.solutions.ch12_codebooks --blocks 16,64,1024 --gpt2 gpt2     # a hub id or a local folder
 """
-import argparse
-
 import torch
 
 from nanoft import BERT, GPT2
 from nanoft.io.assets import minilm_dir
-from nanoft.cli.flags import ChapterParser, list_of, positive_int, run_main
+from nanoft.cli.flags import ChapterParser, list_of, nf4_block, run_main
 from nanoft.quant.targets import block_linears
 from nanoft.quant.nf4 import dequantize_blockwise, dequantize_nf4, quantize_blockwise, quantize_nf4
 from nanoft.cli.report import check_out_dir, print_table, save_rows
@@ -27,19 +25,12 @@ from nanoft.cli.report import check_out_dir, print_table, save_rows
 INT4_CODE = torch.arange(-7, 8, dtype=torch.float32) / 7  # 15 uniform values in [-1, 1], 0 among them
 
 
-def block_size(text) -> int:
-    value = positive_int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed: every block size must be at least 2")
-    return value
-
-
 def build_parser():
     p = ChapterParser("ch12_codebooks", __doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="a BERT (local folder or hub id); default: the real all-MiniLM-L6-v2")
     p.add_argument("--gpt2", default=None, help="also a GPT-2 (a local Hugging Face folder or a hub id)")
-    p.add_argument("--blocks", type=list_of(block_size, "32,64"), default=[32, 64, 128, 256],
-                   help="block sizes, comma-separated")
+    p.add_argument("--blocks", type=list_of(nf4_block, "32,64"), default=[32, 64, 128, 256],
+                   help="block sizes, comma-separated (powers of two)")
     p.add_argument("--out-dir", default="runs/ch12", help="where exercise_codebooks.json goes")
     return p
 

@@ -10,7 +10,6 @@ a batch (as in evaluation) and a single short sentence (as in serving), and prin
     python -m chapters.solutions.ch12_merge_speed
     python -m chapters.solutions.ch12_merge_speed --rank 64 --threads 1
 """
-import argparse
 import statistics
 import time
 
@@ -19,19 +18,18 @@ import torch
 from nanoft import BERT, seed_everything
 from nanoft.io.assets import minilm_dir
 from nanoft.recipes.classification import sentence_classifier
-from nanoft.cli.flags import HelpFormatter, nonneg_int, positive_int, run_main
+from nanoft.cli.flags import ChapterParser, nonneg_int, positive_int, run_main
 from nanoft.quant.lora import add_lora, lora_layers, merge_lora
-from nanoft.cli.report import print_table, save_rows
+from nanoft.cli.report import check_out_dir, print_table, save_rows
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = ChapterParser("ch12_merge_speed", __doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="a BERT (local folder or hub id); default: the real all-MiniLM-L6-v2")
     p.add_argument("--rank", type=positive_int, default=8, help="LoRA rank r")
     p.add_argument("--repeats", type=positive_int, default=20, help="timed forward passes per shape (median)")
     p.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--out-dir", default="runs/ch12", help="where exercise_merge_speed.json goes")
-    p.add_argument("--smoke", action="store_true", help="2 repeats, small shapes: does it run?")
     return p
 
 
@@ -48,6 +46,7 @@ def median_ms(model, batch, repeats):
 @torch.inference_mode()
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    check_out_dir(args.out_dir)
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(0)

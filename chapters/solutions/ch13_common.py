@@ -4,7 +4,6 @@ Nothing here imports the chapter script: each solution composes nanoft's library
 nanoft.recipes.extractive_qa, nanoft.recipes.mlm, nanoft.recipes.mixing) itself. The flags are parsed once; what the runs need from them is
 passed on as explicit arguments or as a `Run` (a dataclass), never as the argparse namespace.
 """
-import argparse
 import time
 from dataclasses import dataclass
 
@@ -12,19 +11,19 @@ import torch
 
 from nanoft import BERT, TrainConfig, load_bert_tokenizer, seed_everything
 from nanoft.io.assets import minilm_dir
-from nanoft.cli.flags import add_io_flags, add_run_flags, fraction, nonneg_float, nonneg_int, positive_float, positive_int
+from nanoft.cli.flags import (ChapterParser, add_io_flags, add_run_flags, fraction, nonneg_float, nonneg_int,
+                              positive_float, positive_int)
+from nanoft.cli.report import check_out_dir
 
 # --smoke: tiny sizes that check the code runs in seconds (its numbers mean nothing); flags given still win
 SMOKE = dict(sst2_train=48, sst2_val=16, sst2_dev=24, max_len=32, batch_size=8, steps=4, evals=2, no_progress=True)
 
 
-def base_parser(doc, **defaults):
+def base_parser(name, doc, **defaults):
     """A solution's parser: its docstring's first paragraph, --smoke, and the flags every chapter-13 solution has,
     with the exercise's own defaults (e.g. steps=100). The solution adds its own flags to what this returns."""
-    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], allow_abbrev=False,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs (seconds), not the answer; "
-                   "flags given still win")
+    p = ChapterParser(name, doc.split("\n\n")[0], "The exercise's table is rewritten in OUT_DIR after every run of "
+                      "it, so that a Ctrl-C keeps the runs that had finished.", smoke=SMOKE)
     add_io_flags(p, "runs/ch13", out_help="where the exercise's JSON (and a plot) go")
     g = p.add_argument_group("SST-2")
     g.add_argument("--sst2-train", type=nonneg_int, default=4000,
@@ -48,14 +47,9 @@ def base_parser(doc, **defaults):
 
 
 def parse_flags(p, argv=None, smoke=None):
-    """p.parse_args, with the smoke sizes (SMOKE, then the solution's `smoke`) as defaults under --smoke."""
-    args = p.parse_args(argv)
-    if args.smoke:
-        p.set_defaults(**{**SMOKE, **(smoke or {})})
-        args = p.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error(f"--device {args.device}: this torch sees no CUDA GPU; use --device cpu (or auto)")
-    return args
+    """p.parse_args, with the smoke sizes (SMOKE, then the solution's own `smoke`) under --smoke."""
+    p.smoke.update(smoke or {})
+    return p.parse_args(argv)
 
 
 @dataclass
@@ -80,6 +74,7 @@ class Run:
 def start(args):
     """Threads and seed set, the model folder resolved, the tokenizer and pretrained encoder loaded:
     (Run, model folder, tokenizer, encoder)."""
+    check_out_dir(args.out_dir)  # before any work: a folder that cannot hold the table fails now
     if args.threads:
         torch.set_num_threads(args.threads)
     model_dir = args.model or minilm_dir()

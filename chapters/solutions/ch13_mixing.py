@@ -47,7 +47,7 @@ def mix_name(strategy, temperature):
 
 def build_parser():
     # ~16 SST-2 batches against ~130 SQuAD batches; --steps: all optimizer steps of one multi-task run, both tasks
-    p = base_parser(__doc__, sst2_train=500, steps=150, evals=3)
+    p = base_parser("ch13_mixing", __doc__, sst2_train=500, steps=150, evals=3)
     p.add_argument("--mixes", type=mix_list, default="temperature:1,temperature:2,round_robin",
                    help="comma-separated strategies (proportional, temperature, round_robin), a temperature after ':'")
     g = p.add_argument_group("SQuAD")

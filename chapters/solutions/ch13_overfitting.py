@@ -22,7 +22,7 @@ from nanoft.training.train import train
 
 def build_parser():
     # 256 sentences = 8 batches of 32, so 120 steps are 15 epochs; 12 evaluations draw the curves
-    p = base_parser(__doc__, sst2_train=256, steps=120, evals=12)
+    p = base_parser("ch13_overfitting", __doc__, sst2_train=256, steps=120, evals=12)
     p.add_argument("--dropout", type=fraction, default=0.1,
                    help="'chapter': the head's dropout (the encoder keeps its checkpoint's 0.1)")
     p.add_argument("--strong-dropout", type=fraction, default=0.3,

@@ -16,7 +16,7 @@ from nanoft.cli.report import print_table, save_rows
 
 
 def build_parser():
-    p = base_parser(__doc__, steps=200)
+    p = base_parser("ch13_pooling", __doc__, steps=200)
     p.add_argument("--head-lr", type=positive_float, default=1e-3, help="lr of the frozen runs (only a head learns)")
     p.add_argument("--frozen-steps", type=positive_int, default=2000,
                    help="steps of the frozen runs' head, on the cached sentence vectors")

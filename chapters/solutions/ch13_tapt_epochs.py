@@ -17,7 +17,7 @@ from nanoft.cli.report import print_table, save_rows
 
 
 def build_parser():
-    p = base_parser(__doc__, steps=150)
+    p = base_parser("ch13_tapt_epochs", __doc__, steps=150)
     p.add_argument("--tapt-epochs", type=list_of(nonneg_int, "0,1,3"), default="0,1,3",
                    help="masked-LM passes over the unlabelled pool (--sst2-train sentences, labels unused)")
     p.add_argument("--tapt-labels", type=positive_int, default=1000,

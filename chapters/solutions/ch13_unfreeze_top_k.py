@@ -25,7 +25,7 @@ def k_list(text):
 
 
 def build_parser():
-    p = base_parser(__doc__, steps=100)
+    p = base_parser("ch13_unfreeze_top_k", __doc__, steps=100)
     p.add_argument("--k", type=k_list, default="0,1,2,6,full",
                    help="top encoder layers trained with the head; 'full' = no freezing at all (embeddings too)")
     p.add_argument("--head-lr", type=positive_float, default=1e-3,

@@ -1,36 +1,74 @@
-"""What a run shows its reader: a table on the terminal, the same rows as JSON, and a bar chart of them as PNG.
+"""What a run shows its reader: a table on the terminal, the same rows as JSON, and a bar chart of them as PNG;
+and the guarantees around them: the output folder is checked before any work, and each finished part of a run is
+on disk at once, so that an error or a Ctrl-C later loses nothing that had finished.
 
-    print_table(rows, [("method", "method", "{}"), ("dev acc", "acc", "{:.1f}%")])
-    save_rows(rows, "runs/ch13", "results")            # runs/ch13/results.json
-    plot_rows(rows, "method", "acc", "runs/ch13/results.png", title="SST-2 dev accuracy (%)")
-    write_results(rows, "runs/ch13", vars(args), sample=False, label_key="method", value_key="acc")  # both, at once
+    out_dir = check_out_dir(args.out_dir)              # a file, or a folder that cannot be written: one line, now
+    results = Results(out_dir, vars(args))             # then, as each method finishes:
+    results.add("heads", rows)                         # runs/ch13/results_heads.json and results.json (all so far)
+    results.finish(print_columns, label_key="method", value_key="acc")  # the table, results.png, "Written: ..."
 
-matplotlib is optional: without it plot_rows says so and returns None.
+Every file is written atomically (a temporary file, then os.replace): an interrupted write never leaves half a
+JSON. matplotlib is optional: without it plot_rows says so and returns None.
 """
 import json
 import os
 
+SMOKE_NOTE = "NOTE: SMOKE sizes (--smoke): the numbers show that the code runs, no more."
+SAMPLE_NOTE = "NOTE: SAMPLE data (the real data sets were not found): the numbers show that the code runs, no more."
+_saved = []  # the files this process's run has written, in order: what the line after a Ctrl-C names
 
-def print_table(rows, columns):
-    """rows: list of dicts; columns: (title, key, format) triples. Words go left, numbers right; a missing value: -."""
+
+def saved_so_far() -> list:
+    """The result files written so far by this run (run_main clears it when a run starts)."""
+    return _saved
+
+
+def check_out_dir(path, flag="--out-dir"):
+    """Create the output folder and write (then remove) a probe file in it, so that a folder that cannot hold the
+    results is refused before any work, not after an hour of training. Returns path."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag} {path} is a file, not a folder: give a folder (it is created when missing)")
+    probe = os.path.join(path, f".nanoft-write-check-{os.getpid()}")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"{flag} {path}: cannot write there ({e.strerror or e}): give a folder you can write to") \
+            from None
+    return path
+
+
+def write_json(obj, path):
+    """obj as JSON in path, atomically; the path joins saved_so_far(). Returns path."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+    os.replace(tmp, path)
+    if path not in _saved:
+        _saved.append(path)
+    return path
+
+
+def print_table(rows, columns, note=None):
+    """rows: list of dicts; columns: (title, key, format) triples. Words go left, numbers right; a missing value: -.
+    note: a line above the table (e.g. SMOKE_NOTE), so that a copied table carries it."""
     cells = [[fmt.format(r[key]) if r.get(key) is not None else "-" for _, key, fmt in columns] for r in rows]
     widths = [max(len(title), *(len(c[i]) for c in cells)) for i, (title, _, _) in enumerate(columns)]
     text = [isinstance(rows[0].get(key), str) for _, key, _ in columns]
     line = lambda values: " | ".join(v.ljust(w) if t else v.rjust(w)  # noqa: E731
                                      for v, w, t in zip(values, widths, text)).rstrip()
-    print("\n" + line([title for title, _, _ in columns]))
+    print("\n" + (note + "\n" if note else "") + line([title for title, _, _ in columns]))
     print("-+-".join("-" * w for w in widths))
     for c in cells:
         print(line(c))
 
 
 def save_rows(rows, out_dir, name, **extra):
-    """rows (and any extra fields) as JSON in out_dir/name.json; returns the path."""
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, f"{name}.json")
-    with open(path, "w") as f:
-        json.dump({"rows": rows, **extra} if extra else rows, f, indent=2, default=str)
-    return path
+    """rows (and any extra fields) as JSON in out_dir/name.json, atomically; returns the path."""
+    return write_json({"rows": rows, **extra} if extra else rows, os.path.join(out_dir, f"{name}.json"))
 
 
 def plot_rows(rows, label_key, value_key, path, title="", group_key=None):
@@ -55,18 +93,45 @@ def plot_rows(rows, label_key, value_key, path, title="", group_key=None):
     fig.suptitle(title)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=100)
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=100)
     plt.close(fig)
+    os.replace(tmp, path)
+    if path not in _saved:
+        _saved.append(path)
     return path
 
 
-def write_results(rows, out_dir, flags, sample=False, **plot):
-    """The end of a chapter run: a notice when the data was the bundled SAMPLE, out_dir/results.json (the rows and
-    the run's flags) and out_dir/results.png (plot_rows(rows, **plot)), then one line naming what was written."""
-    if sample:
-        print("NOTE: SAMPLE data (the real data sets were not found): the numbers show that the code runs, no more.")
-        plot["title"] = plot.get("title", "") + " - SAMPLE data"
-    paths = [save_rows(rows, out_dir, "results", args={k: str(v) for k, v in flags.items()}),
-             plot_rows(rows, path=os.path.join(out_dir, "results.png"), **plot)]
-    print("Written: " + ", ".join(p for p in paths if p))
-    return paths
+def label(smoke=False, sample=False) -> str:
+    """What a table or a plot title must say about numbers that are not results: "" for a real run."""
+    return " - ".join(w for w, on in (("SMOKE sizes", smoke), ("SAMPLE data", sample)) if on)
+
+
+class Results:
+    """A chapter run's rows as they come: each part's rows in out_dir/<stem>_<part>.json the moment it finishes,
+    and every row so far in out_dir/<stem>.json (with the run's flags), so that an interrupted run keeps what
+    finished; finish() prints the table and draws <stem>.png."""
+
+    def __init__(self, out_dir, flags, stem="results", smoke=False):
+        self.out_dir, self.stem, self.smoke, self.rows, self.sample = out_dir, stem, smoke, [], False
+        self.flags = {k: str(v) for k, v in flags.items()}
+
+    def add(self, part, rows, sample=False):
+        self.rows += rows
+        self.sample |= bool(sample)
+        write_json({"rows": rows, "smoke": self.smoke, "sample": bool(sample)},
+                   os.path.join(self.out_dir, f"{self.stem}_{part}.json"))
+        write_json({"rows": self.rows, "smoke": self.smoke, "sample": self.sample, "args": self.flags},
+                   os.path.join(self.out_dir, f"{self.stem}.json"))
+        return rows
+
+    def finish(self, columns, **plot):
+        """The table (with a SMOKE / SAMPLE note above it), the plot (titled likewise), and what was written."""
+        notes = [n for n, on in ((SMOKE_NOTE, self.smoke), (SAMPLE_NOTE, self.sample)) if on]
+        print_table(self.rows, columns, note="\n".join(notes) or None)
+        if label(self.smoke, self.sample):
+            plot["title"] = plot.get("title", "") + f" - {label(self.smoke, self.sample)}"
+        png = plot_rows(self.rows, path=os.path.join(self.out_dir, f"{self.stem}.png"), **plot)
+        parts = [p for p in _saved if os.path.basename(p).startswith(self.stem + "_")]
+        print(f"Written: {os.path.join(self.out_dir, self.stem + '.json')}" + (f", {png}" if png else "")
+              + f"; and one file per part: {', '.join(parts)}")

@@ -24,18 +24,20 @@ class ClassificationHead(nn.Module):
         nn.init.zeros_(self.classifier.bias)
 
     def forward(self, hidden, attention_mask=None, pooled=None):
+        return self.classifier(self.dropout(self.sentence_vector(hidden, attention_mask, pooled)))  # (B, num_labels)
+
+    def sentence_vector(self, hidden, attention_mask=None, pooled=None):
+        """What the classifier reads for each sentence, (B, H): the [CLS] pooler output or the masked mean."""
         if self.pooling == "cls":
             # BERT's pooler (tanh dense on [CLS]) lives in the encoder, because it was pretrained with it
             if pooled is None:
                 raise ValueError("pooling='cls' needs the encoder's pooler output: pass pooled=encoder.pool(hidden)")
-            x = pooled
-        else:
-            # every real token votes equally (the sentence-transformers recipe); pads must not, so mask them out
-            if attention_mask is None:
-                attention_mask = torch.ones(hidden.shape[:2], device=hidden.device)
-            m = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-            x = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)  # (B, H)
-        return self.classifier(self.dropout(x))  # (B, num_labels)
+            return pooled
+        # every real token votes equally (the sentence-transformers recipe); pads must not, so mask them out
+        if attention_mask is None:
+            attention_mask = torch.ones(hidden.shape[:2], device=hidden.device)
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)  # (B, H)
 
     def loss(self, logits, batch):
         """Cross-entropy against batch["labels"], or None for a batch without labels (prediction)."""
@@ -103,22 +105,3 @@ class MultiTaskModel(nn.Module):
         logits = head(hidden, attention_mask=mask, pooled=pooled)
         return dict(loss=head.loss(logits, batch), logits=logits)  # span logits are (start (B, T), end (B, T))
 
-
-def freeze_encoder(model, unfreeze_top_k=0):
-    """Freeze the BERT encoder inside `model` (a BERT, or anything with .encoder / .bert), except its top k layers.
-
-    k=0 is the head-only baseline (embeddings, all layers and the pooler frozen); k>0 also trains the top k layers
-    and the pooler above them. Heads are not touched. Returns the model."""
-    encoder = getattr(model, "encoder", getattr(model, "bert", model))
-    if not hasattr(encoder, "layers") or not hasattr(encoder, "embeddings"):
-        raise ValueError(f"freeze_encoder needs a nanoft BERT, or a model with .encoder or .bert; got {type(model).__name__}")
-    n = len(encoder.layers)
-    if not 0 <= unfreeze_top_k <= n:
-        raise ValueError(f"unfreeze_top_k={unfreeze_top_k} but the encoder has {n} layers: pick 0..{n}")
-    for p in encoder.parameters():
-        p.requires_grad_(False)
-    if unfreeze_top_k > 0:
-        for module in [*encoder.layers[n - unfreeze_top_k:], encoder.pooler]:
-            for p in module.parameters():
-                p.requires_grad_(True)
-    return model
