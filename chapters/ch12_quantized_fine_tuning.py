@@ -124,7 +124,7 @@ def sst2_task(args):
     d = load_sst2(tok, args.max_len, args.train, args.val, args.dev, args.seed, args.data_dir)
     print(f"SST-2 on a BERT from {args.model} ({encoder.num_parameters():,} parameters): {len(d['train']):,} "
           f"training sentences, {len(d['val'])} validation, {len(d['dev'])} dev ({d['label']})")
-    return Task("SST-2", lambda: sentence_classifier(copy.deepcopy(encoder), pooling="mean"),
+    return Task("SST-2", lambda: sentence_classifier(copy.deepcopy(encoder), pooling="mean", task="sst2"),
                 lambda m, cfg: fine_tune_classifier(m, d["train"], d["val"], cfg),
                 lambda m: evaluate_accuracy(m, d["dev"]), "{:.1f}% dev acc", args.steps, args.batch_size, args.lr,
                 args.lora_lr, head="heads.sst2"), d["sample"]

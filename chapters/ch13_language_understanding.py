@@ -29,7 +29,8 @@ from nanoft.recipes.classification import (evaluate_accuracy, fine_tune_classifi
 from nanoft.cli.flags import (ChapterParser, add_io_flags, add_run_flags, float_list, fraction, nonneg_int,
                               positive_float, positive_int, run_main)
 from nanoft.recipes.extractive_qa import evaluate_qa, fine_tune_qa, load_squad, span_model
-from nanoft.models.heads import ClassificationHead, MultiTaskModel, SpanHead, freeze_encoder
+from nanoft.models.heads import ClassificationHead, MultiTaskModel, SpanHead
+from nanoft.training.freeze import freeze_encoder
 from nanoft.recipes.mixing import MultiTaskBatches, exact_schedule, fine_tune_multitask
 from nanoft.recipes.mlm import continue_pretraining
 from nanoft.cli.report import Results, check_out_dir

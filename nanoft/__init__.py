@@ -20,9 +20,9 @@ from nanoft.io.tokenizer import (Tokenizer, add_special_tokens, load_bert_tokeni
                                  load_tokenizer)
 from nanoft.models.bert import BERT, BertConfig, BertForMaskedLM, BertMLMHead
 from nanoft.models.gpt2 import GPT2, GPT2Config
-from nanoft.models.heads import (ClassificationHead, MultiTaskModel, SpanHead, classification_loss, freeze_encoder,
-                                 span_loss)
+from nanoft.models.heads import ClassificationHead, MultiTaskModel, SpanHead, classification_loss, span_loss
 from nanoft.models.lstm import LSTMLM, LSTMConfig
+from nanoft.training.freeze import freeze_encoder, train_last_blocks, train_only
 from nanoft.training.run_files import load_checkpoint, plot_log
 from nanoft.training.train import TrainConfig, TrainResult, seed_everything, train
 from nanoft.quant.lora import (add_lora, load_adapter, merge_and_unload, merge_lora, save_adapter,
@@ -44,7 +44,8 @@ __all__ = [
     "smollm2_gguf", "load_tokenizer", "render_chat", "GGUFFile", "read_gguf_checkpoint",
     "BERT", "BertConfig", "BertForMaskedLM", "BertMLMHead", "GPT2", "GPT2Config", "LSTMLM", "LSTMConfig",
     "ClassificationHead", "SpanHead", "MultiTaskModel", "classification_loss", "span_loss", "freeze_encoder",
-    "TrainConfig", "TrainResult", "train", "seed_everything", "load_checkpoint", "plot_log",
+    "TrainConfig", "TrainResult", "train", "seed_everything", "load_checkpoint", "plot_log", "train_only",
+    "train_last_blocks",
     "add_lora", "save_adapter", "load_adapter", "merge_lora", "unmerge_lora", "merge_and_unload",
     "trainable_parameters", "prepare_qat", "convert_qat", "load_quantized", "model_nbytes", "quantize_model",
     "dataset_path", "read_sst2", "read_text", "accuracy", "perplexity", "squad_evaluate",

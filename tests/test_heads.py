@@ -7,7 +7,8 @@ transformers = pytest.importorskip("transformers")
 
 from nanoft.models.bert import BERT, BertConfig  # noqa: E402
 from nanoft.models.heads import (ClassificationHead, MultiTaskModel, SpanHead, classification_loss,  # noqa: E402
-                          freeze_encoder, span_loss)
+                          span_loss)
+from nanoft.training.freeze import freeze_encoder  # noqa: E402
 
 H, T = 32, 12
 

@@ -6,7 +6,8 @@ block (and the final LayerNorm), with everything else frozen; perplexity, traina
 """
 from .ch04_common import chapter4_args, chapter4_parser, chapter4_setup
 from nanoft.cli.report import print_table, save_rows
-from nanoft.recipes.causal_lm import best_and_final, fine_tune_lm, train_last_blocks
+from nanoft.recipes.causal_lm import best_and_final, fine_tune_lm
+from nanoft.training.freeze import train_last_blocks
 from nanoft.cli.flags import nonneg_int, run_main
 
 

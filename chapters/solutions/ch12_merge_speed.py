@@ -50,7 +50,8 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(0)
-    model = add_lora(sentence_classifier(BERT.from_pretrained(args.model or minilm_dir()), pooling="mean"),
+    model = add_lora(sentence_classifier(BERT.from_pretrained(args.model or minilm_dir()), pooling="mean",
+                                         task="sst2"),
                      r=args.rank, alpha=2 * args.rank, targets="all").eval()
     for _, layer in lora_layers(model):
         for B in layer.lora_B:

@@ -85,7 +85,7 @@ def main(argv=None):
         print(f"\nSST-2, regularization '{name}': dropout {dropout:g}, weight decay {weight_decay:g}, "
               f"{args.steps} steps on {len(sst2['train'])} sentences, lr {args.lr:g}")
         seed_everything(args.seed)  # the same head init and data order for every setting
-        model = sentence_classifier(copy.deepcopy(encoder))
+        model = sentence_classifier(copy.deepcopy(encoder), task="sst2")
         if name != "chapter":
             set_dropout(model, dropout)  # everywhere; "chapter" keeps the checkpoint's encoder dropout
         else:

@@ -11,7 +11,7 @@ from .ch13_common import base_parser, note_sample, parse_flags, start, timed
 from nanoft import seed_everything
 from nanoft.recipes.classification import evaluate_accuracy, fine_tune_classifier, load_sst2, sentence_classifier
 from nanoft.cli.flags import positive_float, run_main
-from nanoft.models.heads import freeze_encoder
+from nanoft.training.freeze import freeze_encoder
 from nanoft.cli.report import print_table, save_rows
 
 

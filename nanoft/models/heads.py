@@ -94,6 +94,14 @@ class MultiTaskModel(nn.Module):
                 raise ValueError(f"head {name!r} ({type(head).__name__}) has no loss(logits, batch) method: "
                                  "give it one, as ClassificationHead and SpanHead have")
 
+    def task_name(self, task=None):
+        """task, or when None the name of this model's only head (a library default never names a data set)."""
+        if task is not None:
+            return task
+        if len(self.heads) != 1:
+            raise ValueError(f"this model has heads for {sorted(self.heads)}: pass task= one of them")
+        return next(iter(self.heads))
+
     def forward(self, task, batch):
         if task not in self.heads:
             raise ValueError(f"unknown task {task!r}: this model has heads for {sorted(self.heads)}")

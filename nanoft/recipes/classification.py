@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 from nanoft.training.batching import Collate, eval_order, real_length
 from nanoft.data.datasets import dataset_path, read_sst2
 from nanoft.training.device import to_device
-from nanoft.models.heads import ClassificationHead, MultiTaskModel, freeze_encoder
+from nanoft.training.freeze import freeze_encoder
+from nanoft.models.heads import ClassificationHead, MultiTaskModel
 from nanoft.training.train import TrainConfig, train
 
 
@@ -83,8 +84,9 @@ def load_sst2(tokenizer, max_len=64, n_train=0, n_val=500, n_dev=0, seed=0, data
     return dict(train=encode(train_rows), val=encode(val_rows), dev=encode(dev_rows), label=label, sample=sample)
 
 
-def sentence_classifier(encoder, num_labels=2, pooling="cls", dropout=0.1, task="sst2"):
-    """The encoder + a fresh classification head ([CLS] pooler or mean of the tokens -> dropout -> linear)."""
+def sentence_classifier(encoder, num_labels=2, pooling="cls", dropout=0.1, task="classify"):
+    """The encoder + a fresh classification head ([CLS] pooler or mean of the tokens -> dropout -> linear), named
+    `task` in the MultiTaskModel."""
     head = ClassificationHead(encoder.config.hidden_size, num_labels, dropout=dropout, pooling=pooling)
     return MultiTaskModel(encoder, {task: head})
 
@@ -94,8 +96,10 @@ def _device(model):
 
 
 @torch.no_grad()
-def predict_logits(model, features, task="sst2", batch_size=64, progress=False):
-    """(N, num_labels) logits for the features, in their order. Batches hold sentences of similar length."""
+def predict_logits(model, features, task=None, batch_size=64, progress=False):
+    """(N, num_labels) logits for the features, in their order. Batches hold sentences of similar length.
+    task: the head to use (None: the model's only head)."""
+    task = model.task_name(task)
     if not features:
         raise ValueError("no features to predict: pass encode_sentences(rows, tokenizer) of a non-empty split")
     was_training = model.training
@@ -111,7 +115,7 @@ def predict_logits(model, features, task="sst2", batch_size=64, progress=False):
     return torch.stack(out)
 
 
-def evaluate_accuracy(model, features, task="sst2", batch_size=64, progress=False) -> float:
+def evaluate_accuracy(model, features, task=None, batch_size=64, progress=False) -> float:
     """Accuracy in percent on labelled features."""
     logits = predict_logits(model, features, task, batch_size, progress)
     labels = torch.tensor([f["labels"] for f in features])
@@ -122,40 +126,39 @@ def _loss(task):
     return lambda model, batch: model(task, batch)["loss"]
 
 
-def fine_tune_classifier(model, train_features, val_features, cfg: TrainConfig, task="sst2"):
+def fine_tune_classifier(model, train_features, val_features, cfg: TrainConfig, task=None):
     """nanoft's training loop on the sentences, evaluated on val_features every cfg.eval_every steps (accuracy in
     percent, "val_acc"); the model ends with the weights of its best evaluation. Returns the loop's TrainResult."""
+    task = model.task_name(task)
     cfg = replace(cfg, metric="val_acc", mode="max", restore_best=True)
     evaluate = lambda m: {"val_acc": evaluate_accuracy(m, val_features, task, progress=cfg.progress)}  # noqa: E731
     return train(model, train_features, _loss(task), cfg, eval_fn=evaluate, collate_fn=Collate(), length_fn=real_length)
 
 
 @torch.no_grad()
-def sentence_vectors(model, features, task="sst2", batch_size=128, progress=False):
+def sentence_vectors(model, features, task=None, batch_size=128, progress=False):
     """(N, H): what the head of `task` sees for each sentence (the [CLS] pooler or the masked mean), in order."""
     model.eval()
-    head, encoder = model.heads[task], model.encoder
+    head, encoder = model.heads[model.task_name(task)], model.encoder
     order, collate, device = eval_order(features), Collate(), _device(model)
     out = [None] * len(features)
     for i in tqdm(range(0, len(order), batch_size), desc="embed", leave=False, disable=not progress):
         idx = order[i:i + batch_size]
         batch = to_device(collate([features[j] for j in idx]), device)
         hidden = encoder(batch["input_ids"], attention_mask=batch["attention_mask"])  # (B, T, H)
-        if head.pooling == "cls":
-            x = encoder.pool(hidden)
-        else:
-            m = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-            x = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        pooled = encoder.pool(hidden) if head.pooling == "cls" else None
+        x = head.sentence_vector(hidden, batch["attention_mask"], pooled)  # (B, H)
         for j, row in zip(idx, x.float().cpu()):
             out[j] = row
     return torch.stack(out)
 
 
-def fine_tune_frozen(model, train_features, val_features, cfg: TrainConfig, task="sst2"):
+def fine_tune_frozen(model, train_features, val_features, cfg: TrainConfig, task=None):
     """The frozen-encoder baseline: the encoder stays as pretrained and only the head learns. Its input never
     changes, so each sentence's vector is computed once; the head then trains on those vectors (cfg counts steps
     over them), evaluated by val accuracy; the model ends with its best head. Returns the loop's TrainResult."""
     freeze_encoder(model)
+    task = model.task_name(task)
     head = model.heads[task]
     vectors = sentence_vectors(model, train_features, task, progress=cfg.progress)  # (N, H)
     val_vectors = sentence_vectors(model, val_features, task, progress=cfg.progress)

@@ -65,15 +65,18 @@ def load_squad(tokenizer, max_length=256, doc_stride=128, n_train=0, n_val=0, n_
                 files=(train_path, eval_path))
 
 
-def span_model(encoder, task="squad"):
-    """The encoder + a fresh span head: one start and one end logit per token."""
+def span_model(encoder, task="qa"):
+    """The encoder + a fresh span head: one start and one end logit per token, named `task` in the
+    MultiTaskModel."""
     return MultiTaskModel(encoder, {task: SpanHead(encoder.config.hidden_size)})
 
 
 @torch.no_grad()
-def predict_answers(model, examples, features, task="squad", batch_size=32, n_best=20, max_answer_length=30,
+def predict_answers(model, examples, features, task=None, batch_size=32, n_best=20, max_answer_length=30,
                     progress=False) -> dict:
-    """{question id: answer text}: logits for every window, then the best valid span over each question's windows."""
+    """{question id: answer text}: logits for every window, then the best valid span over each question's windows.
+    task: the head to use (None: the model's only head)."""
+    task = model.task_name(task)
     if not features:
         raise ValueError("no SQuAD windows to predict: pass prepare_eval_features(examples, tokenizer)")
     was_training = model.training
@@ -93,16 +96,17 @@ def predict_answers(model, examples, features, task="squad", batch_size=32, n_be
                                          max_answer_length=max_answer_length)
 
 
-def evaluate_qa(model, examples, features, task="squad", batch_size=32, n_best=20, max_answer_length=30,
+def evaluate_qa(model, examples, features, task=None, batch_size=32, n_best=20, max_answer_length=30,
                 progress=False) -> dict:
     """Official SQuAD v1.1 exact match and F1, in percent."""
     predictions = predict_answers(model, examples, features, task, batch_size, n_best, max_answer_length, progress)
     return squad.squad_evaluate(examples, predictions)
 
 
-def fine_tune_qa(model, train_features, val_examples, val_features, cfg: TrainConfig, task="squad"):
+def fine_tune_qa(model, train_features, val_examples, val_features, cfg: TrainConfig, task=None):
     """nanoft's training loop on the windows, evaluated by validation F1 ("val_f1") every cfg.eval_every steps; the
     model ends with the weights of its best evaluation. Returns the loop's TrainResult."""
+    task = model.task_name(task)
     loss = lambda m, b: m(task, b)["loss"]  # noqa: E731
     if not val_features:  # no validation split (the standard recipe): train the whole schedule, keep the last weights
         return train(model, train_features, loss, cfg, collate_fn=Collate(), length_fn=real_length)
