@@ -13,6 +13,8 @@ JSON. matplotlib is optional: without it plot_rows says so and returns None.
 import json
 import os
 
+from nanoft.training.plots import plot_bars
+
 SMOKE_NOTE = "NOTE: SMOKE sizes (--smoke): the numbers show that the code runs, no more."
 SAMPLE_NOTE = "NOTE: SAMPLE data (the real data sets were not found): the numbers show that the code runs, no more."
 _saved = []  # the files this process's run has written, in order: what the line after a Ctrl-C names
@@ -74,32 +76,10 @@ def save_rows(rows, out_dir, name, **extra):
 def plot_rows(rows, label_key, value_key, path, title="", group_key=None):
     """A horizontal bar per row (value_key against label_key), one panel per distinct group_key; returns the path,
     or None when matplotlib is not installed."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")  # files only, no window
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"(no plot: matplotlib is not installed; `pip install matplotlib` draws {path})")
-        return None
-    groups = list(dict.fromkeys(r.get(group_key, "") for r in rows)) if group_key else [""]
-    fig, axes = plt.subplots(len(groups), 1, figsize=(8, 1.2 + 0.5 * len(rows)), squeeze=False)
-    for ax, group in zip(axes[:, 0], groups):
-        mine = [r for r in rows if not group_key or r.get(group_key, "") == group]
-        ax.barh([r[label_key] for r in mine][::-1], [r[value_key] for r in mine][::-1], color="tab:blue")
-        for i, r in enumerate(mine[::-1]):
-            ax.text(r[value_key], i, f" {r[value_key]:.1f}", va="center")
-        ax.set_title(group, fontsize=9, loc="left")
-        ax.set_xlim(0, max(r[value_key] for r in mine) * 1.15 or 1)
-    fig.suptitle(title)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    if path not in _saved:
-        _saved.append(path)
-    return path
+    png = plot_bars(rows, label_key, value_key, path, title, group_key)
+    if png and png not in _saved:
+        _saved.append(png)
+    return png
 
 
 def label(smoke=False, sample=False) -> str:

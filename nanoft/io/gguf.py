@@ -227,10 +227,7 @@ def gguf_config(f: GGUFFile) -> dict:
                         "SmolLM2, Qwen2.5 and other models of that shape)")
     key = lambda k, default=None: meta.get(f"{arch}.{k}", default)  # noqa: E731
     hidden, heads = key("embedding_length"), key("attention.head_count")
-    if "rope_freqs.weight" in f.tensors:
-        raise GGUFError(f"{f.path}: holds rope_freqs.weight (Llama 3.1+ rope scaling stored as a tensor); nanoft reads "
-                        "GGUF files without it: load that model from its Hugging Face folder instead")
-    return {
+    config = {
         "architectures": [ARCHITECTURES[arch]], "model_type": arch,
         "vocab_size": key("vocab_size", len(meta.get("tokenizer.ggml.tokens", []))),
         "hidden_size": hidden, "intermediate_size": key("feed_forward_length"),
@@ -238,12 +235,43 @@ def gguf_config(f: GGUFFile) -> dict:
         "num_key_value_heads": key("attention.head_count_kv", heads),
         "head_dim": key("attention.key_length", key("rope.dimension_count", hidden // heads)),
         "max_position_embeddings": key("context_length"), "rope_theta": key("rope.freq_base", 10000.0),
-        "rms_norm_eps": key("attention.layer_norm_rms_epsilon"), "hidden_act": "silu", "rope_scaling": None,
+        "rms_norm_eps": key("attention.layer_norm_rms_epsilon"), "hidden_act": "silu",
         "tie_word_embeddings": "output.weight" not in f.tensors,     # no separate head: it reuses the embedding
         "attention_bias": "blk.0.attn_q.bias" in f.tensors, "mlp_bias": False,
         "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"), "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
         "pad_token_id": meta.get("tokenizer.ggml.padding_token_id"), "torch_dtype": "float32",
     }
+    config["rope_scaling"] = _llama3_rope_scaling(f, config)
+    return config
+
+
+def llama3_rope_factors(head_dim, rope_theta, factor, low_freq_factor, high_freq_factor,
+                        original_max_position_embeddings) -> np.ndarray:
+    """Llama 3.1+'s RoPE scaling: how much each rotary frequency is slowed down. Fast ones (short wavelengths, local
+    order) keep 1, slow ones (longer than the pretraining context) get `factor`, and the band between is blended."""
+    inv_freq = 1.0 / rope_theta ** (np.arange(0, head_dim, 2) / head_dim)           # (head_dim/2,)
+    wavelen = 2 * np.pi / inv_freq
+    smooth = (original_max_position_embeddings / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    blended = 1 / ((1 - smooth) / factor + smooth)
+    return np.where(wavelen < original_max_position_embeddings / high_freq_factor, 1.0,
+                    np.where(wavelen > original_max_position_embeddings / low_freq_factor, factor, blended))
+
+
+def _llama3_rope_scaling(f: GGUFFile, config: dict):
+    """Llama 3.1+ files store their RoPE scaling as the factors themselves (the tensor rope_freqs.weight), not as
+    config.json's four numbers. The largest factor is `factor`; the other three are Meta's values (1, 4, 8192),
+    checked by recomputing every factor."""
+    if "rope_freqs.weight" not in f.tensors:
+        return None
+    stored = f.tensor("rope_freqs.weight")
+    scaling = {"factor": float(stored.max()), "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}
+    expected = llama3_rope_factors(config["head_dim"], config["rope_theta"], **scaling)
+    if stored.shape != expected.shape or not np.allclose(stored, expected, rtol=1e-5):
+        raise GGUFError(f"{f.path}: rope_freqs.weight holds RoPE factors that are not Llama 3's scaling with factor "
+                        f"{scaling['factor']}, low/high 1/4, context 8192; nanoft reads only that one (load the "
+                        "model from its Hugging Face folder instead)")
+    return {"rope_type": "llama3", **scaling}
 
 
 def unpermute_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -259,13 +287,16 @@ def unpermute_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 def read_gguf_checkpoint(path):
     """(config, state_dict) of the Llama-family model in a GGUF file: the config as Hugging Face's config.json dict,
     the tensors as {Hugging Face name: float32 tensor}, q/k rows in Hugging Face's order. A tied model has no
-    lm_head.weight (config["tie_word_embeddings"] is True)."""
+    lm_head.weight (config["tie_word_embeddings"] is True); Llama 3.1+'s rope_freqs.weight becomes
+    config["rope_scaling"]."""
     f = GGUFFile(path)
     config = gguf_config(f)
     for name in f.tensors:       # fail before dequantizing anything
         f.check_supported(name)
     state_dict = {}
     for name in f.tensors:
+        if name == "rope_freqs.weight":  # already in config["rope_scaling"]
+            continue
         w = torch.from_numpy(f.tensor(name))
         # only the llama converter permutes: qwen2 models use rotate_half's layout (llama.cpp's "neox" RoPE) already
         if config["model_type"] == "llama" and ".attn_q." in name:
