@@ -12,16 +12,19 @@ same token ids, with the same training loop, and are measured the same way. What
      the LSTM's final perplexity;
   6. a plot and a sample from each model for the same prompt, then the files written.
 
-The recipe (task tokens, blocks, fine_tune_lm, perplexity, samples, the offline GPT-2) is nanoft/recipes/causal_lm.py.
+The recipe (task tokens, blocks, fine_tune_lm, perplexity, samples) is nanoft/recipes/causal_lm.py; the offline
+GPT-2 is nanoft/recipes/small_gpt2.py.
 """
 import os
 from dataclasses import replace
 
 import torch
 
-from nanoft.recipes.causal_lm import (OFFLINE, SMALL_GPT2_LR, TASK_TOKENS, GPT2_LR, PretrainConfig, add_task_tokens,
-                              default_lr, fine_tune_lm, first_reaching, load_pretrained_gpt2, plot_curves, sample,
-                              task_blocks, task_ids, train_last_blocks)
+from nanoft.recipes.causal_lm import (TASK_TOKENS, add_task_tokens, fine_tune_lm, first_reaching, plot_curves, sample,
+                                      task_blocks, task_ids)
+from nanoft.recipes.small_gpt2 import (OFFLINE, SMALL_GPT2_LR, GPT2_LR, PretrainConfig, default_lr,
+                                       load_pretrained_gpt2)
+from nanoft.training.freeze import train_last_blocks
 from nanoft.cli.flags import (ChapterParser, add_io_flags, add_run_flags, fraction, nonneg_float, nonneg_int,
                               positive_float, positive_int, run_main)
 from nanoft.cli.report import check_out_dir, label, write_json
@@ -146,9 +149,10 @@ def main(argv=None):
     seed_everything(args.seed)
 
     # 1. The pretrained GPT-2 and its tokenizer
-    pretrain = replace(PretrainConfig.tiny() if args.smoke else PretrainConfig(), n_layer=args.pretrain_layers,
-                       n_head=args.pretrain_heads, n_embd=args.pretrain_width, max_steps=args.pretrain_steps,
-                       device=args.device, precision=args.precision, progress=not args.no_progress)
+    pretrain = PretrainConfig.tiny() if args.smoke else PretrainConfig()
+    pretrain = replace(pretrain, n_layer=args.pretrain_layers, n_head=args.pretrain_heads, n_embd=args.pretrain_width,
+                       train=replace(pretrain.train, max_steps=args.pretrain_steps, device=args.device,
+                                     precision=args.precision, progress=not args.no_progress))
     gpt2, tok, model_name, pretrain_info = load_pretrained_gpt2(args.model, args.data_dir, pretrain)
     c = gpt2.config
     print(f"Pretrained GPT-2 from {model_name}: {c.n_layer} layers, {c.n_head} heads, width {c.n_embd}, "
@@ -196,7 +200,7 @@ def main(argv=None):
         n_trained = train_last_blocks(gpt2, args.train_last_blocks)
         print(f"  trained: the last {args.train_last_blocks} block(s) and ln_f, {n_trained:,} of "
               f"{gpt2.num_parameters():,} parameters")
-    gpt_rows = fine_tune_lm(gpt2, task.train, task.val, cfg, name="GPT-2")
+    gpt_rows = fine_tune_lm(gpt2, task.train, task.val, cfg, name="GPT-2").curve
     results = {"model": model_name, "task_data": str(data.path), "task_data_is_sample": data.is_sample,
                "pretrain": pretrain_info, "precision": precision, "gpt2_lr": lr, "gpt2_trainable": n_trained,
                "task_tokens_in_train": sum(counts), "vocab_size": tok.vocab_size, "train_tokens": len(task.train_ids),
@@ -214,7 +218,7 @@ def main(argv=None):
                                  n_layers=args.lstm_layers, dropout=args.lstm_dropout))
         print(f"\nTraining an LSTM from scratch: {args.lstm_layers} layers, embedding {args.lstm_emb}, hidden "
               f"{args.lstm_hidden}, {lstm.num_parameters():,} parameters, lr {args.lstm_lr:g}")
-        lstm_rows = fine_tune_lm(lstm, task.train, task.val, replace(cfg, lr=args.lstm_lr), name="LSTM")
+        lstm_rows = fine_tune_lm(lstm, task.train, task.val, replace(cfg, lr=args.lstm_lr), name="LSTM").curve
 
         # 6. Compare: perplexity against tokens seen and training time, a plot, and a sample of each
         results.update(lstm_lr=args.lstm_lr, lstm_params=lstm.num_parameters(), lstm=lstm_rows)

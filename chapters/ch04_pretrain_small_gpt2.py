@@ -11,11 +11,13 @@ words of Wikipedia; the train file is not needed). What you will see:
     (config.json + model.safetensors + tokenizer.json), which GPT2.from_pretrained loads like any GPT-2.
 
 Run it on its own, or let ch04_finetune_vs_scratch.py call it: that script reuses the saved model when it exists.
-The recipe is nanoft.recipes.causal_lm.pretrain_small_gpt2; this script is its command line.
+The recipe is nanoft.recipes.small_gpt2.pretrain_small_gpt2; this script is its command line.
 """
+from dataclasses import replace
+
 import torch
 
-from nanoft.recipes.causal_lm import PretrainConfig, pretrain_small_gpt2
+from nanoft.recipes.small_gpt2 import PretrainConfig, pretrain_small_gpt2
 from nanoft.cli.flags import (DATA_HELP, ChapterParser, add_run_flags, fraction, nonneg_float, nonneg_int,
                               positive_float, positive_int, run_main)
 from nanoft.cli.report import check_out_dir
@@ -30,8 +32,9 @@ pretrained on the bundled sample, gets a folder of its own, never used as the ch
 nothing: the model is saved at the end. NANOFT_DEBUG=1 shows tracebacks of user errors."""
 D = PretrainConfig()  # the defaults
 T = PretrainConfig.tiny()  # --smoke's sizes
-SMOKE = {k: getattr(T, k) for k in ("n_layer", "n_head", "n_embd", "n_positions", "block_size", "batch_size",
-                                    "max_steps", "warmup_steps", "val_fraction", "eval_every", "gen_tokens")}
+SMOKE = {**{k: getattr(T, k) for k in ("n_layer", "n_head", "n_embd", "n_positions", "block_size", "val_fraction",
+                                       "gen_tokens")},
+         **{k: getattr(T.train, k) for k in ("batch_size", "max_steps", "warmup_steps", "eval_every")}}
 
 
 def build_parser():
@@ -50,22 +53,22 @@ def build_parser():
     p.add_argument("--n-positions", type=positive_int, default=D.n_positions,
                    help="longest sequence the model can read (the fine-tuning block size + generation must fit)")
     p.add_argument("--block-size", type=positive_int, default=D.block_size, help="tokens per training sequence")
-    p.add_argument("--batch-size", type=positive_int, default=D.batch_size, help="sequences per optimizer step")
-    p.add_argument("--max-steps", type=positive_int, default=D.max_steps,
+    p.add_argument("--batch-size", type=positive_int, default=D.train.batch_size, help="sequences per optimizer step")
+    p.add_argument("--max-steps", type=positive_int, default=D.train.max_steps,
                    help="optimizer steps (600 x 8 x 128 = 614k tokens, about 1.2 passes over the corpus)")
-    p.add_argument("--lr", type=positive_float, default=D.lr,
+    p.add_argument("--lr", type=positive_float, default=D.train.lr,
                    help="peak learning rate; a small model trained from scratch takes a much larger one than "
                         "fine-tuning (5e-5) does")
-    p.add_argument("--warmup-steps", type=nonneg_int, default=D.warmup_steps, help="linear warmup (0: none)")
-    p.add_argument("--weight-decay", type=nonneg_float, default=D.weight_decay, help="AdamW weight decay")
+    p.add_argument("--warmup-steps", type=nonneg_int, default=D.train.warmup_steps, help="linear warmup (0: none)")
+    p.add_argument("--weight-decay", type=nonneg_float, default=D.train.weight_decay, help="AdamW weight decay")
     p.add_argument("--dropout", type=fraction, default=D.dropout,
                    help="dropout while pretraining (barely more than one pass over the data: too little to "
                         "overfit); the saved config has GPT-2's 0.1 for fine-tuning")
     p.add_argument("--val-fraction", type=fraction, default=D.val_fraction,
                    help="tail of the corpus held out for validation (above 0, below 1)")
-    p.add_argument("--eval-every", type=positive_int, default=D.eval_every, help="optimizer steps between evaluations")
+    p.add_argument("--eval-every", type=positive_int, default=D.train.eval_every, help="optimizer steps between evaluations")
     p.add_argument("--gen-tokens", type=positive_int, default=D.gen_tokens, help="tokens of the sample at the end")
-    add_run_flags(p, seed=D.seed)
+    add_run_flags(p, seed=D.train.seed)
     return p
 
 
@@ -89,12 +92,12 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
+    train = replace(D.train, batch_size=args.batch_size, max_steps=args.max_steps, lr=args.lr,
+                    warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, eval_every=args.eval_every,
+                    seed=args.seed, device=args.device, precision=args.precision, progress=not args.no_progress)
     cfg = PretrainConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, n_positions=args.n_positions,
-                         block_size=args.block_size, batch_size=args.batch_size, max_steps=args.max_steps,
-                         lr=args.lr, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
-                         dropout=args.dropout, val_fraction=args.val_fraction, eval_every=args.eval_every,
-                         gen_tokens=args.gen_tokens, seed=args.seed, device=args.device, precision=args.precision,
-                         progress=not args.no_progress)
+                         block_size=args.block_size, dropout=args.dropout, val_fraction=args.val_fraction,
+                         gen_tokens=args.gen_tokens, train=train)
     out = pretrain_small_gpt2(cfg, args.data_dir, out=args.out, tokenizer=args.tokenizer, force=args.force)
     print(f"Written: {out} (load it with GPT2.from_pretrained, or run chapters/ch04_finetune_vs_scratch.py, which "
           "finds it there)" if args.out is None else f"Written: {out}")

@@ -30,8 +30,8 @@ import torch
 
 from nanoft import BERT, TrainConfig, load_bert_tokenizer, seed_everything
 from nanoft.io.assets import minilm_dir
-from nanoft.recipes.causal_lm import OFFLINE, PretrainConfig, evaluate_perplexity, fine_tune_lm, load_pretrained_gpt2, \
-    task_blocks
+from nanoft.recipes.causal_lm import evaluate_perplexity, fine_tune_lm, task_blocks
+from nanoft.recipes.small_gpt2 import OFFLINE, PretrainConfig, load_pretrained_gpt2
 from nanoft.recipes.classification import evaluate_accuracy, fine_tune_classifier, load_sst2, sentence_classifier
 from nanoft.cli.flags import (BERT_HELP, ChapterParser, add_io_flags, add_run_flags, fraction, nf4_block,
                               nonneg_int, positive_float, positive_int, run_main)
@@ -131,8 +131,9 @@ def sst2_task(args):
 
 
 def shakespeare_task(args):
-    pretrain = replace(PretrainConfig.tiny() if args.smoke else PretrainConfig(), device=args.device,
-                       precision=args.precision, progress=not args.no_progress)
+    pretrain = PretrainConfig.tiny() if args.smoke else PretrainConfig()
+    pretrain = replace(pretrain, train=replace(pretrain.train, device=args.device, precision=args.precision,
+                                               progress=not args.no_progress))
     gpt2, tok, source, _ = load_pretrained_gpt2(args.lm_model, args.data_dir, pretrain)
     data = dataset_path("tiny_shakespeare/input.txt", args.data_dir)
     b = task_blocks(split_examples(read_text(data.path)), tok, args.block_size, args.lm_val, task_tokens=False)

@@ -162,7 +162,7 @@ def tapt(d, args):
                              [f["input_ids"] for f in sst2["val"]], d["tok"],
                              config(args, args.tapt_steps, args.tapt_lr, 32, group_by_length=True),
                              head_steps=args.head_steps, seed=args.seed)
-    print(f"  masked-LM validation loss {out['val_loss_before']:.2f} -> {out['val_loss_after']:.2f}")
+    print(f"  masked-LM validation loss {out.curve[0]['val_loss']:.2f} -> {out.curve[-1]['val_loss']:.2f}")
     rows = []
     for name, encoder, extra in (("no TAPT", d["encoder"], 0.0), ("TAPT", mlm.bert.cpu(), mlm_seconds)):
         accs, seconds = [], extra

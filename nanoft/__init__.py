@@ -38,6 +38,7 @@ from nanoft.recipes.extractive_qa import evaluate_qa, fine_tune_qa, load_squad, 
 from nanoft.recipes.mlm import continue_pretraining
 from nanoft.recipes.mixing import fine_tune_multitask
 from nanoft.recipes.causal_lm import evaluate_perplexity, fine_tune_lm
+from nanoft.recipes.small_gpt2 import PretrainConfig, load_pretrained_gpt2, pretrain_small_gpt2
 
 __all__ = [
     "minilm_dir", "Tokenizer", "add_special_tokens", "load_bert_tokenizer", "load_gpt2_tokenizer",
@@ -51,5 +52,5 @@ __all__ = [
     "dataset_path", "read_sst2", "read_text", "accuracy", "perplexity", "squad_evaluate",
     "sentence_classifier", "load_sst2", "fine_tune_classifier", "fine_tune_frozen", "evaluate_accuracy",
     "span_model", "load_squad", "fine_tune_qa", "evaluate_qa", "continue_pretraining", "fine_tune_multitask",
-    "fine_tune_lm", "evaluate_perplexity",
+    "fine_tune_lm", "evaluate_perplexity", "PretrainConfig", "load_pretrained_gpt2", "pretrain_small_gpt2",
 ]

@@ -13,7 +13,7 @@ import pytest
 from chapters import ch04_finetune_vs_scratch as ch04
 from chapters import ch04_pretrain_small_gpt2 as pretrain_script
 from chapters.solutions import ch04_data_size, ch04_freeze_blocks, ch04_lr_warmup, ch04_lstm_size
-from nanoft.recipes.causal_lm import INFO_FILE, PretrainConfig, offline_model_dir, pretrain_small_gpt2
+from nanoft.recipes.small_gpt2 import INFO_FILE, PretrainConfig, offline_model_dir, pretrain_small_gpt2
 from nanoft.cli.flags import run_main
 from nanoft.models.gpt2 import GPT2
 from nanoft.io.tokenizer import load_gpt2_tokenizer
@@ -38,7 +38,7 @@ def test_chapter4_smoke_run(offline, capsys, shared_data_dir):
 
     # the toy pretrained model: in the cache, in a folder of its own (never the default model's), in HF format
     folder = Path(results["model"])
-    tiny = PretrainConfig.tiny(n_layer=1, n_head=2, n_embd=16, max_steps=3)
+    tiny = PretrainConfig.tiny(n_layer=1, n_head=2, n_embd=16)  # max_steps 3
     assert folder == offline_model_dir(shared_data_dir, tiny) != offline_model_dir(shared_data_dir)
     assert str(folder).startswith(str(offline / "cache"))
     model = GPT2.from_pretrained(folder)

@@ -7,6 +7,7 @@ direction is checked; elsewhere the run must complete and report finite numbers.
 markdown file are parsed by the scripts' own parsers, so they cannot drift from the flags."""
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import torch
 
 from chapters import ch04_finetune_vs_scratch as ch04
 from chapters.solutions import ch04_data_size, ch04_freeze_blocks, ch04_lr_warmup, ch04_lstm_size
-from nanoft.recipes.causal_lm import PretrainConfig, pretrain_small_gpt2
+from nanoft.recipes.small_gpt2 import PretrainConfig, pretrain_small_gpt2
 from nanoft.data.datasets import dataset_path, read_text
 from nanoft.models.gpt2 import GPT2
 from nanoft.models.lstm import LSTMConfig, LSTMLM
@@ -41,7 +42,8 @@ def ch04_args(tmp_path_factory, shared_data_dir):
         for name in ("wiki.valid.tokens", "wiki.test.tokens"):
             (data / "wikitext-2" / name).write_text(wiki)
         model = tmp_path_factory.mktemp("gpt2") / "tiny"
-        pretrain_small_gpt2(PretrainConfig.tiny(n_layer=2, device="cpu", progress=False), data, out=model)
+        tiny = PretrainConfig.tiny(n_layer=2)
+        pretrain_small_gpt2(replace(tiny, train=replace(tiny.train, device="cpu", progress=False)), data, out=model)
         yield ["--smoke", "--data-dir", str(data), "--model", str(model), "--device", "cpu", "--threads", "1",
                "--out-dir", str(tmp_path_factory.mktemp("out"))]
         torch.set_num_threads(threads)

@@ -74,9 +74,11 @@ def _llama_cpp_permute(w, n_heads):
 
 
 def _write_tiny_llama(path, hf_model, rope_freqs=None):
-    """A tiny LlamaForCausalLM as llama.cpp's converter writes it: GGUF names, q/k rows permuted, untied head."""
+    """A tiny LlamaForCausalLM (or Qwen2ForCausalLM) as llama.cpp's converter writes it: GGUF names, q/k rows
+    permuted for llama (qwen2 models are not: llama.cpp runs them with rotate_half's layout), untied head."""
     c = hf_model.config
-    w = gguf.GGUFWriter(path, "llama")
+    permute = c.model_type == "llama"
+    w = gguf.GGUFWriter(path, c.model_type)
     if rope_freqs is not None:
         w.add_tensor("rope_freqs.weight", rope_freqs)
     w.add_block_count(c.num_hidden_layers)
@@ -98,9 +100,9 @@ def _write_tiny_llama(path, hf_model, rope_freqs=None):
             w.add_tensor(f"{top[stem]}.{kind}", t.numpy())
             continue
         _, _, i, module = stem.split(".", 3)              # model.layers.{i}.{module}
-        if module == "self_attn.q_proj":
+        if permute and module == "self_attn.q_proj":
             t = _llama_cpp_permute(t, c.num_attention_heads)
-        elif module == "self_attn.k_proj":
+        elif permute and module == "self_attn.k_proj":
             t = _llama_cpp_permute(t, c.num_key_value_heads)
         w.add_tensor(f"blk.{i}.{layer[module]}.{kind}", t.contiguous().numpy())
     w.write_header_to_file()
@@ -124,6 +126,28 @@ def test_qk_rows_back_in_hugging_face_order(tmp_path):
     for name, t in expected.items():
         assert torch.equal(ours[name], t), name
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="tiny.gguf").state_dict()
+    for name, t in theirs.items():
+        assert torch.equal(ours[name], t.float()), name
+
+
+def test_qwen2_reads_back_with_biases_and_no_permutation(tmp_path):
+    config = transformers.Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64,
+                                      tie_word_embeddings=False)
+    model = transformers.Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_()  # Qwen2's q/k/v biases start at zero: make them tell rows apart
+    _write_tiny_llama(tmp_path / "qwen.gguf", model)
+    ours_config, ours = read_gguf_checkpoint(tmp_path / "qwen.gguf")
+    assert ours_config["model_type"] == "qwen2" and ours_config["attention_bias"] is True
+    assert ours_config["architectures"] == ["Qwen2ForCausalLM"]
+    expected = model.state_dict()
+    assert set(ours) == set(expected)
+    for name, t in expected.items():
+        assert torch.equal(ours[name], t), name
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="qwen.gguf").state_dict()
     for name, t in theirs.items():
         assert torch.equal(ours[name], t.float()), name
 

@@ -59,17 +59,18 @@ class Chapter4Setup:
     model: str
     data_dir: Optional[str]
     out_dir: str
-    pretrain: object  # nanoft.recipes.causal_lm.PretrainConfig: the offline model's size, a toy one with --smoke
+    pretrain: object  # nanoft.recipes.small_gpt2.PretrainConfig: the offline model's size, a toy one with --smoke
     block_size: int
     val_fraction: float
-    lr: Optional[float]  # None: causal_lm.default_lr for the model
+    lr: Optional[float]  # None: small_gpt2.default_lr for the model
     train: object  # nanoft.TrainConfig shared by both models; lr is set per model
     lstm: dict  # LSTMConfig's sizes, without the vocabulary
     lstm_lr: float
 
     def gpt2(self):
         """A fresh pretrained GPT-2 with the task tokens added: (PretrainedGPT2, its TrainConfig)."""
-        from nanoft.recipes.causal_lm import add_task_tokens, default_lr, load_pretrained_gpt2
+        from nanoft.recipes.causal_lm import add_task_tokens
+        from nanoft.recipes.small_gpt2 import default_lr, load_pretrained_gpt2
         lm = load_pretrained_gpt2(self.model, self.data_dir, self.pretrain)
         add_task_tokens(lm.model, lm.tokenizer)
         return lm, replace(self.train, lr=self.lr or default_lr(lm.info))
@@ -94,13 +95,13 @@ def chapter4_setup(args) -> Chapter4Setup:
     import torch
 
     from nanoft import TrainConfig, seed_everything
-    from nanoft.recipes.causal_lm import PretrainConfig
+    from nanoft.recipes.small_gpt2 import PretrainConfig
     check_out_dir(args.out_dir)  # before any work: a folder that cannot hold the table fails now
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
-    pretrain = replace(PretrainConfig.tiny() if args.smoke else PretrainConfig(), device=args.device,
-                       progress=not args.no_progress)
+    pretrain = PretrainConfig.tiny() if args.smoke else PretrainConfig()
+    pretrain = replace(pretrain, train=replace(pretrain.train, device=args.device, progress=not args.no_progress))
     train = TrainConfig(weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, max_steps=args.max_steps,
                         decay="linear", batch_size=args.batch_size, eval_every=args.eval_every, device=args.device,
                         precision=args.precision, seed=args.seed, progress=not args.no_progress)

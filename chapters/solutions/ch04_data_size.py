@@ -28,9 +28,9 @@ def main(argv=None):
         print(f"\n=== Training on {'all the' if n == 0 else f'the first {n:,}'} training tokens ===")
         lm, cfg = setup.gpt2()
         task = setup.task(lm.tokenizer, train_tokens=n)
-        curves = {"gpt2": fine_tune_lm(lm.model, task.train, task.val, cfg, name="GPT-2")}
+        curves = {"gpt2": fine_tune_lm(lm.model, task.train, task.val, cfg, name="GPT-2").curve}
         lstm = setup.new_lstm(lm.tokenizer.vocab_size)
-        curves["lstm"] = fine_tune_lm(lstm, task.train, task.val, replace(cfg, lr=setup.lstm_lr), name="LSTM")
+        curves["lstm"] = fine_tune_lm(lstm, task.train, task.val, replace(cfg, lr=setup.lstm_lr), name="LSTM").curve
         row = dict(train_tokens=n or "all", epochs=curves["gpt2"][-1]["tokens"] / len(task.train_ids))
         for name, curve in curves.items():
             row[f"{name}_best"], row[f"{name}_final"] = best_and_final(curve)

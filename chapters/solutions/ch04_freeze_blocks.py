@@ -33,7 +33,7 @@ def main(argv=None):
         lm, cfg = setup.gpt2()
         trainable = lm.model.num_parameters() if k == "all" else train_last_blocks(lm.model, k)
         task = setup.task(lm.tokenizer)
-        curve = fine_tune_lm(lm.model, task.train, task.val, cfg, name="GPT-2")
+        curve = fine_tune_lm(lm.model, task.train, task.val, cfg, name="GPT-2").curve
         best, final = best_and_final(curve)
         rows.append(dict(blocks=k, trainable=trainable, best_ppl=best, final_ppl=final,
                          seconds=curve[-1]["seconds"], s_per_step=curve[-1]["seconds"] / curve[-1]["step"]))

@@ -40,7 +40,8 @@ def main(argv=None):
         print(f"\n=== GPT-2, peak lr {lr:g}, {warmup} warmup steps ===")
         lm, cfg = setup.gpt2()
         task = setup.task(lm.tokenizer)
-        curve = fine_tune_lm(lm.model, task.train, task.val, replace(cfg, lr=lr, warmup_steps=warmup), name="GPT-2")
+        curve = fine_tune_lm(lm.model, task.train, task.val, replace(cfg, lr=lr, warmup_steps=warmup),
+                             name="GPT-2").curve
         best, final = best_and_final(curve)
         # the first evaluation shows an early blow-up that the rest of the run may hide
         rows.append(dict(lr=lr, warmup=warmup, first_ppl=curve[1]["ppl"], first_step=curve[1]["step"],

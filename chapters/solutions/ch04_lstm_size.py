@@ -67,9 +67,9 @@ def main(argv=None):
         match = next(r for r in rows if r["lstm"] == "matched" and r["layers"] == args.train_layers)
         print(f"\n=== The chapter with the matched LSTM: {match['layers']} layers of width {match['width']} ===")
         task = setup.task(lm.tokenizer)
-        curves = {"gpt2": fine_tune_lm(lm.model, task.train, task.val, cfg, name="GPT-2")}
+        curves = {"gpt2": fine_tune_lm(lm.model, task.train, task.val, cfg, name="GPT-2").curve}
         lstm = setup.new_lstm(V, emb_dim=match["width"], hidden_dim=match["width"], n_layers=match["layers"])
-        curves["lstm"] = fine_tune_lm(lstm, task.train, task.val, replace(cfg, lr=setup.lstm_lr), name="LSTM")
+        curves["lstm"] = fine_tune_lm(lstm, task.train, task.val, replace(cfg, lr=setup.lstm_lr), name="LSTM").curve
         for name, curve in curves.items():
             match[f"{name}_best_ppl"], match[f"{name}_final_ppl"] = best_and_final(curve)
             match[f"{name}_seconds"] = curve[-1]["seconds"]

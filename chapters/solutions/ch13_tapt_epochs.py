@@ -51,7 +51,7 @@ def main(argv=None):
                                             run.config(mlm_steps, args.tapt_lr, args.batch_size,
                                                        group_by_length=True, eval_every=0),
                                             head_steps=args.head_steps, seed=args.seed)
-            before, after, adapted = out["val_loss_before"], out["val_loss_after"], mlm.bert.cpu()
+            before, after, adapted = out.curve[0]["val_loss"], out.curve[-1]["val_loss"], mlm.bert.cpu()
             print(f"TAPT {epochs} epoch(s): {args.head_steps} head-only + {mlm_steps} masked-LM steps; validation "
                   f"masked-LM loss {before:.2f} -> {after:.2f}; {mlm_seconds:.0f} s")
         val_accs, dev_accs, seconds = [], [], 0.0

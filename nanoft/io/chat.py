@@ -49,7 +49,8 @@ def chat_format(template: str) -> ChatFormat:
     if "<think>" in template or "<|im_start|>" not in template and "<|start_header_id|>" not in template:
         start = " ".join(template.split())[:80]
         raise ValueError(f"unsupported chat template ({start!r}...): nanoft renders {SUPPORTED} templates; render "
-                         "this one with transformers' apply_chat_template, or set tokenizer.chat_template to one of those")
+                         "this one with transformers' apply_chat_template, or set tokenizer.chat_template to one of "
+                         "those")
     if "<|im_start|>" in template:
         # the default system message is a string literal: '<|im_start|>system\n...<|im_end|>' (or "...")
         found = re.search(r"""(['"])<\|im_start\|>system(?:\n|\\n)((?:(?!\1)[^\\]|\\.)*?)<\|im_end\|>""", template)

@@ -238,7 +238,8 @@ def gguf_config(f: GGUFFile) -> dict:
         "rms_norm_eps": key("attention.layer_norm_rms_epsilon"), "hidden_act": "silu",
         "tie_word_embeddings": "output.weight" not in f.tensors,     # no separate head: it reuses the embedding
         "attention_bias": "blk.0.attn_q.bias" in f.tensors, "mlp_bias": False,
-        "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"), "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
+        "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
         "pad_token_id": meta.get("tokenizer.ggml.padding_token_id"), "torch_dtype": "float32",
     }
     config["rope_scaling"] = _llama3_rope_scaling(f, config)
