@@ -181,11 +181,28 @@ def test_offline_falls_back_to_the_sample_with_a_notice(monkeypatch, capsys):
     assert "using the small sample" not in capsys.readouterr().out  # the notice comes once per file
 
 
-def test_bad_names_and_folders():
+def test_bad_names_and_folders(tmp_path, monkeypatch):
     with pytest.raises(KeyError, match="unknown dataset file 'sst2/test.tsv': use one of sst2/train.tsv"):
         dataset_path("sst2/test.tsv")
-    with pytest.raises(FileNotFoundError, match="data folder /no/such/dir does not exist: pass a folder laid out like"):
+    with pytest.raises(FileNotFoundError, match="--data-dir /no/such/dir: no such folder: give a folder laid out like "
+                                                "../shared/data \\(this needs sst2/dev.tsv in it\\)"):
         dataset_path("sst2/dev.tsv", "/no/such/dir")
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="--data-dir .*a_file is a file, not a folder"):
+        dataset_path("tiny_shakespeare/input.txt", tmp_path / "a_file")
+    monkeypatch.setenv("NANOFT_DATA", "/no/such/dir")  # where the folder came from, when it came from the environment
+    with pytest.raises(FileNotFoundError, match="NANOFT_DATA /no/such/dir: no such folder: NANOFT_DATA is set in your "
+                                                "environment: point it to .* \\(this needs tiny_shakespeare/input.txt"):
+        dataset_path("tiny_shakespeare/input.txt")
+
+
+@pytest.mark.parametrize("text", ["sentence\tlabel\ncaf\xe9 cr\xe8me\t1\n".encode("latin-1"), bytes(range(256))])
+def test_a_file_that_is_not_utf8_is_named_with_the_fix(tmp_path, text):
+    path = tmp_path / "train.tsv"
+    path.write_bytes(text)
+    for read in (read_sst2, read_text):
+        with pytest.raises(ValueError, match=f"{path}:\\d+: not UTF-8 text \\(byte 0x.. at offset \\d+\\): save it as UTF-8"):
+            read(path)
 
 
 def test_sha256_check_message(tmp_path):

@@ -210,11 +210,16 @@ def test_added_special_tokens_get_new_ids_and_are_never_split(gpt2_bpe_dir, hf_g
     assert bert.encode("a [NEW] b") == [101, 1037, 30522, 1038, 102]
 
 
-def test_errors_name_the_problem_and_the_fix(tmp_path, gpt2_bpe_dir):
-    with pytest.raises(FileNotFoundError, match="no tokenizer.json or vocab.txt in .*pass a BERT folder"):
+def test_errors_name_the_problem_and_the_fix(tmp_path, gpt2_bpe_dir, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json or vocab.txt in .*pass a BERT tokenizer folder"):
         load_bert_tokenizer(tmp_path)
     with pytest.raises(FileNotFoundError, match="encoder.json \\+ vocab.bpe in .*pass a GPT-2 tokenizer folder"):
         load_gpt2_tokenizer(tmp_path)
+    monkeypatch.setenv("NANOFT_OFFLINE", "1")  # a hub id that is not cached, with the hub off: says both
+    monkeypatch.setenv("NANOFT_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="'a-made-up/hub-id' is not a local folder, and the hub is off .* no "
+                                                "tokenizer.json or vocab.txt of it in the cache"):
+        load_bert_tokenizer("a-made-up/hub-id")
     with pytest.raises(ValueError, match="no pad token.*pass pad_id"):
         load_gpt2_tokenizer(gpt2_bpe_dir).batch(["a", "b c"])
     got = load_gpt2_tokenizer(gpt2_bpe_dir).batch(["a", "b c"], pad_id=50256)

@@ -103,7 +103,7 @@ _failed_urls = set()  # sources that failed in this process: a second file from 
 
 def _find(name, data_dir, download):
     entry = MANIFEST[name]
-    folder, named_by = _named_folder(data_dir)
+    folder, named_by = _named_folder(data_dir, name)
     if folder is not None:
         if (folder / name).is_file():
             return folder / name
@@ -135,8 +135,9 @@ def _find(name, data_dir, download):
         return None
 
 
-def _named_folder(data_dir):
-    """(the data folder the user named, and how they named it), or (None, None) when they named none."""
+def _named_folder(data_dir, name):
+    """(the data folder the user named, and how they named it), or (None, None) when they named none. name: the file
+    wanted, so that a wrong folder is answered with what it should hold."""
     if data_dir:
         local, named_by = data_dir, "--data-dir"
     elif os.environ.get("NANOFT_DATA"):
@@ -144,9 +145,13 @@ def _named_folder(data_dir):
     else:
         return None, None
     folder = Path(local).expanduser()
+    fix = (f"give a folder laid out like ../shared/data (this needs {name} in it)" if named_by == "--data-dir" else
+           f"NANOFT_DATA is set in your environment: point it to a folder laid out like ../shared/data (this needs "
+           f"{name} in it), or unset it")
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{named_by} {local} is a file, not a folder: {fix}")
     if not folder.is_dir():
-        raise FileNotFoundError(f"data folder {local} does not exist: pass a folder laid out like ../shared/data "
-                                "(sst2/train.tsv, squad_v1.1/dev-v1.1.json, ...) as --data-dir or NANOFT_DATA")
+        raise FileNotFoundError(f"{named_by} {local}: no such folder: {fix}")
     return folder, named_by
 
 
@@ -194,7 +199,7 @@ def _derive_squad_split(source: Path, dest: Path, first: int, last: int, sha256)
 def read_sst2(path) -> list:
     """GLUE SST-2 train.tsv / dev.tsv: a `sentence<TAB>label` header, then one sentence and 0/1 label per line."""
     rows = []
-    with open(path, encoding="utf-8", newline="") as f:
+    with _open_text(path, newline="") as f:
         header = f.readline().rstrip("\r\n")
         if header != "sentence\tlabel":
             raise ValueError(f"{path}:1: expected the header 'sentence\\tlabel' of GLUE SST-2, got {header[:60]!r}: "
@@ -209,5 +214,19 @@ def read_sst2(path) -> list:
 
 
 def read_text(path) -> str:
-    with open(path, encoding="utf-8") as f:
+    with _open_text(path) as f:
         return f.read()
+
+
+def _open_text(path, newline=None):
+    """path opened as UTF-8 text whose bytes are checked first, so that a latin-1 or binary file is named, with the
+    place of its first bad byte and the fix, not answered by a bare UnicodeDecodeError."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}): save it "
+                         "as UTF-8 (e.g. `iconv -f latin1 -t utf-8`), or pass the right file") from None
+    return open(path, encoding="utf-8", newline=newline)

@@ -38,6 +38,9 @@ def load_squad_examples(path) -> list:
             raw = json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}): pass the SQuAD file unchanged (re-download it)") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte offset {e.start}): pass the SQuAD JSON file unchanged, as UTF-8 "
+                         "(re-download it)") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("data"), list):
         raise ValueError(f"{path} has no top-level 'data' list: expected SQuAD format "
                          "{'version': '1.1', 'data': [{'title', 'paragraphs': [{'context', 'qas'}]}]}")

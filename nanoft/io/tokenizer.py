@@ -131,6 +131,20 @@ def _locate(path_or_folder, filename):
     return None if found is None else str(found)
 
 
+def _no_tokenizer(path_or_folder, files, kind):
+    """Raise the error that says where the tokenizer files were looked for: a local folder, or the hub's cache."""
+    from nanoft.io.hub import cache_root, is_offline
+    if os.path.isdir(os.path.expanduser(str(path_or_folder))):
+        raise FileNotFoundError(f"no {files} in {path_or_folder}: pass a {kind} tokenizer folder in Hugging Face "
+                                "format, or a hub id")
+    if is_offline():
+        raise FileNotFoundError(f"{path_or_folder!r} is not a local folder, and the hub is off (HF_HUB_OFFLINE=1 or "
+                                f"NANOFT_OFFLINE=1) with no {files} of it in the cache {cache_root() / 'hub'}: check "
+                                "the id or path, pass a local folder, or run once with the hub on")
+    raise FileNotFoundError(f"the hub repo {path_or_folder} has no {files}: pass a model repo with a tokenizer, or a "
+                            "local folder")
+
+
 def _given_file(path_or_folder, filename):
     """The file itself when the caller passed a file with this name (e.g. a vocab.txt outside any folder layout)."""
     path = os.path.expanduser(str(path_or_folder))
@@ -148,8 +162,7 @@ def load_bert_tokenizer(path_or_folder) -> Tokenizer:
     if json_file:
         return Tokenizer(RustTokenizer.from_file(json_file), pad_token="[PAD]")
     if vocab_file is None:
-        raise FileNotFoundError(f"no tokenizer.json or vocab.txt in {path_or_folder}: pass a BERT folder in Hugging "
-                                "Face format (tokenizer.json, or vocab.txt [+ tokenizer_config.json]) or a hub id")
+        _no_tokenizer(path_or_folder, "tokenizer.json or vocab.txt", "BERT")
 
     cfg_file = _locate(path_or_folder, "tokenizer_config.json")
     cfg = {}
@@ -182,9 +195,7 @@ def load_gpt2_tokenizer(path_or_folder) -> Tokenizer:
         if vocab_file and merges_file:
             break
     else:
-        raise FileNotFoundError(f"no tokenizer.json, vocab.json + merges.txt, or encoder.json + vocab.bpe in "
-                                f"{path_or_folder}: pass a GPT-2 tokenizer folder, or a hub id like 'gpt2' (which "
-                                "needs the network once, then the cache)")
+        _no_tokenizer(path_or_folder, "tokenizer.json, vocab.json + merges.txt, or encoder.json + vocab.bpe", "GPT-2")
     tok = RustTokenizer(models.BPE.from_file(vocab_file, merges_file))
     # bytes, not characters, are the alphabet: any text encodes without [UNK]; no space is added in front, so
     # "Hello" at the start of a text and " Hello" after a word are different tokens, as in GPT-2

@@ -274,9 +274,9 @@ class BertForMaskedLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     @classmethod
-    def from_pretrained(cls, name_or_path, *, strict=True, **hub_kwargs):
+    def from_pretrained(cls, name_or_path, *, strict=True, notice=True, **hub_kwargs):
         """Encoder + masked-LM head (cls.predictions.*). A checkpoint without an MLM head (e.g. a sentence-embedding
-        model) gets a freshly initialised one, with a notice."""
+        model) gets a freshly initialised one, with a notice (notice=False: for a caller that trains it next)."""
         config, enc, rest = read_bert(name_or_path, **hub_kwargs)
         model = cls(config)
         head = mlm_head_from_hf(rest, enc.get("embeddings.word.weight"))
@@ -287,7 +287,7 @@ class BertForMaskedLM(nn.Module):
         unexpected = {k: v for k, v in rest.items() if not BERT_IGNORED.fullmatch(k)}
         sd = {**{"bert." + k: v for k, v in enc.items()}, **head, **unexpected}
         hf_files.load_into(model, sd, name_or_path, strict, fresh=fresh)
-        if not head:
+        if not head and notice:
             print(f"nanoft: {name_or_path} has no masked-LM head (cls.predictions.*): it starts freshly initialised; "
                   "train it (MLM) before using its predictions")
         return model
