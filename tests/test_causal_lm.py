@@ -1,13 +1,15 @@
-"""nanoft.recipes.causal_lm: task tokens, task blocks, freezing, perplexity, the fine-tuning curve, samples, and where the
-offline GPT-2 is cached. Tiny models with GPT-2's real BPE tokenizer; nothing here is timed."""
+"""nanoft.recipes.causal_lm: task tokens, task blocks, freezing, perplexity, the fine-tuning curve, samples; and
+nanoft.recipes.small_gpt2: where the offline GPT-2 is cached. Tiny models with GPT-2's real BPE tokenizer; nothing here is timed."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
-from nanoft.recipes.causal_lm import (TASK_TOKENS, PretrainConfig, add_task_tokens, best_and_final, detokenize_wikitext,
-                              evaluate_perplexity, fine_tune_lm, first_reaching, lm_loss, offline_model_dir, sample,
-                              task_blocks, task_ids, train_last_blocks)
+from nanoft.recipes.causal_lm import (TASK_TOKENS, add_task_tokens, best_and_final, evaluate_perplexity, fine_tune_lm,
+                                      first_reaching, lm_loss, sample, task_blocks, task_ids)
+from nanoft.recipes.small_gpt2 import PretrainConfig, detokenize_wikitext, offline_model_dir
+from nanoft.training.freeze import train_last_blocks
 from nanoft.models.gpt2 import GPT2, GPT2Config
 from nanoft.data.lm_data import LMBlocks
 from nanoft.models.lstm import LSTMConfig, LSTMLM
@@ -87,7 +89,9 @@ def test_fine_tune_returns_one_row_per_evaluation_and_learns(make):
     train, val = LMBlocks(pattern[:1025], 16), LMBlocks(pattern[1024:], 16)
     cfg = TrainConfig(lr=1e-2, max_steps=30, eval_every=10, batch_size=4, warmup_steps=2, device="cpu",
                       precision="fp32", progress=False)
-    curve = fine_tune_lm(make(), train, val, cfg, verbose=False)
+    result = fine_tune_lm(make(), train, val, cfg, verbose=False)
+    curve = result.curve
+    assert result.step == 30 and [r["step"] for r in result.history if r["type"] == "eval"] == [10, 20, 30]
     assert [r["step"] for r in curve] == [0, 10, 20, 30]
     assert [r["tokens"] for r in curve] == [0, 10 * 4 * 16, 20 * 4 * 16, 30 * 4 * 16]
     assert curve[0]["seconds"] == 0 and all(a["seconds"] < b["seconds"] for a, b in zip(curve, curve[1:]))
@@ -125,10 +129,12 @@ def test_the_offline_model_folder_depends_on_the_weights_only(monkeypatch, tmp_p
     assert default.parent == tmp_path / "models"
     assert default.name == ("gpt2-wikitext2-small" if data else "gpt2-sample-small")
     # how it runs does not change the model's folder; what it trains does
-    assert offline_model_dir(data, PretrainConfig(device="cpu", precision="bf16", progress=False)) == default
-    assert offline_model_dir(data, PretrainConfig(max_steps=10)) != default
-    assert offline_model_dir(data, PretrainConfig.tiny()) not in (default, offline_model_dir(data, PretrainConfig(
-        max_steps=10)))
+    run_only = replace(PretrainConfig().train, device="cpu", precision="bf16", progress=False, log_every=1)
+    assert offline_model_dir(data, PretrainConfig(gen_tokens=5, train=run_only)) == default
+    ten_steps = PretrainConfig(train=replace(PretrainConfig().train, max_steps=10))
+    assert offline_model_dir(data, ten_steps) != default
+    assert offline_model_dir(data, PretrainConfig(n_layer=2)) not in (default, offline_model_dir(data, ten_steps))
+    assert offline_model_dir(data, PretrainConfig.tiny()) not in (default, offline_model_dir(data, ten_steps))
 
 
 def test_detokenize_wikitext():

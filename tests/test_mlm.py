@@ -161,8 +161,8 @@ def test_continue_pretraining_trains_the_head_alone_first_then_everything(minilm
     encoder_before = {k: v.clone() for k, v in model.bert.state_dict().items()}
     cfg = TrainConfig(lr=1e-2, max_steps=1, batch_size=8, progress=False, precision="fp32")
     out = continue_pretraining(model, ids[:32], ids[32:], tok, cfg, head_steps=3)
-    assert [r.step for r in out["results"]] == [3, 1]
-    assert out["val_loss_after"] < out["val_loss_before"]
+    assert out.step == 3 + 1 and [r["step"] for r in out.history] == [3, 1]  # the head's 3 steps, then 1
+    assert [r["step"] for r in out.curve] == [0, 4] and out.curve[-1]["val_loss"] < out.curve[0]["val_loss"]
     assert all(p.requires_grad for p in model.bert.parameters())  # unfrozen again after the head's phase
     moved = [k for k, v in encoder_before.items() if not torch.equal(v, model.bert.state_dict()[k])]
     assert moved  # the second phase trains the encoder too

@@ -207,7 +207,9 @@ def load_quantized(cls, name_or_path, kind="nf4", targets="all", dtype=torch.flo
     to nanoft.io.hub.resolve."""
     layer_cls = _layer_class(kind)
     config = hf_files.read_config(name_or_path, cls.HF_MODEL_TYPE, **hub_kwargs)
-    config = hf_files.config_from_dict(cls.CONFIG, config)
+    # a class may read its config.json itself (Llama: transformers' old and new rope keys, "qwen2")
+    config = cls.config_from_hf(config) if hasattr(cls, "config_from_hf") else hf_files.config_from_dict(cls.CONFIG,
+                                                                                                          config)
     with torch.device("meta"):
         model = cls(config)
     tied = _tied(model)

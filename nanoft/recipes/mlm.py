@@ -114,22 +114,24 @@ def continue_pretraining(model, train_ids, val_ids, tokenizer, cfg: TrainConfig,
     """Masked-LM training of a BertForMaskedLM on in-domain text (token-id rows; labels unused): domain- or
     task-adaptive pre-training. With head_steps > 0 the MLM head first trains alone, the encoder frozen, for that
     many steps: a checkpoint shipped without an MLM head (all-MiniLM-L6-v2) gets a fresh, random one, whose first
-    large, random gradients would otherwise shake the pretrained encoder. Returns
-    {"val_loss_before", "val_loss_after", "results": [TrainResult, ...]}."""
+    large, random gradients would otherwise shake the pretrained encoder. Returns the TrainResult of the run (both
+    phases: step counts both, history holds the head's records then the full model's), whose curve is the masked-LM
+    validation loss before and after: [{"step": 0, "val_loss": ...}, {"step": result.step, "val_loss": ...}]."""
     collate = MLMCollator.from_tokenizer(tokenizer, mlm_probability=mlm_probability)
     fixed = MLMCollator.from_tokenizer(tokenizer, mlm_probability=mlm_probability,
                                        generator=torch.Generator().manual_seed(seed))
     val_batches = [fixed(val_ids[i:i + 64]) for i in range(0, len(val_ids), 64)]
     before = masked_lm_eval_loss(model, val_batches)
-    results = []
+    head = None
     if head_steps:
-        for p in model.bert.parameters():
-            p.requires_grad_(False)
-        results.append(train(model, train_ids, masked_lm_loss, _steps(cfg, head_steps), collate_fn=collate))
-        for p in model.bert.parameters():
-            p.requires_grad_(True)
-    results.append(train(model, train_ids, masked_lm_loss, cfg, collate_fn=collate))
-    return {"val_loss_before": before, "val_loss_after": masked_lm_eval_loss(model, val_batches), "results": results}
+        model.bert.requires_grad_(False)  # the head alone (the decoder weight is the word embedding: frozen too)
+        head = train(model, train_ids, masked_lm_loss, _steps(cfg, head_steps), collate_fn=collate)
+        model.bert.requires_grad_(True)
+    result = train(model, train_ids, masked_lm_loss, cfg, collate_fn=collate)
+    if head is not None:
+        result = replace(result, step=head.step + result.step, history=head.history + result.history)
+    return replace(result, curve=[{"step": 0, "val_loss": before},
+                                  {"step": result.step, "val_loss": masked_lm_eval_loss(model, val_batches)}])
 
 
 def _steps(cfg, steps):

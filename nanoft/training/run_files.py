@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from nanoft.io.files import atomic_write
+from nanoft.training.plots import plot_lines
 
 
 def save_checkpoint(path: str, state: dict) -> None:
@@ -28,7 +29,13 @@ def load_checkpoint(path: str, model=None, optimizer=None, scheduler=None, scale
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     for obj, key in ((model, "model"), (optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
         if obj is not None:
-            obj.load_state_dict(ckpt[key])  # optimizer state moves to its parameters' device
+            try:
+                obj.load_state_dict(ckpt[key])  # optimizer state moves to its parameters' device
+            except (RuntimeError, ValueError) as e:  # another model: other shapes (e.g. labels), other names
+                first = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e)[:200])
+                raise ValueError(f"{path} was written for another {key} ({first}): it is not this run's (another "
+                                 "model, number of labels or settings); give another out_dir, delete the file, or "
+                                 "set resume=False") from None
     return ckpt
 
 
@@ -90,29 +97,21 @@ class RunLog:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
 
+    def curve(self) -> list:
+        """The evaluations: {"step", **metrics} per "eval" record."""
+        return [{k: v for k, v in r.items() if k != "type"} for r in self.records if r["type"] == "eval"]
+
     def close(self) -> None:
         if self.file:
             self.file.close()
 
 
 def plot_log(log_path: str, png_path: Optional[str] = None) -> Optional[str]:
-    """Loss curves of a log.jsonl as a PNG. matplotlib is optional: without it, say so and return None."""
-    try:
-        from matplotlib.figure import Figure  # Figure, not pyplot: no GUI backend, no global state
-    except ImportError:
-        print("plot_log: matplotlib is not installed (pip install matplotlib); no plot written")
-        return None
+    """Loss curves of a log.jsonl as a PNG (default: beside it); None when matplotlib is not installed."""
     records = read_log(log_path)
-    fig = Figure(figsize=(7, 4))
-    ax = fig.add_subplot()
     train_recs = [r for r in records if r["type"] == "train"]
-    ax.plot([r["step"] for r in train_recs], [r["loss"] for r in train_recs], label="train loss")
+    lines = {"train loss": ([r["step"] for r in train_recs], [r["loss"] for r in train_recs])}
     val_recs = [r for r in records if r["type"] == "eval" and "val_loss" in r]
     if val_recs:
-        ax.plot([r["step"] for r in val_recs], [r["val_loss"] for r in val_recs], "o-", label="val loss")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.legend()
-    png_path = png_path or os.path.splitext(log_path)[0] + ".png"
-    fig.savefig(png_path, dpi=120, bbox_inches="tight")
-    return png_path
+        lines["val loss"] = ([r["step"] for r in val_recs], [r["val_loss"] for r in val_recs])
+    return plot_lines([("optimizer step", "loss", lines)], png_path or os.path.splitext(log_path)[0] + ".png")

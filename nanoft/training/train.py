@@ -52,6 +52,10 @@ class TrainConfig:
     # batches: global batch = batch_size * grad_accum_steps * number of processes
     batch_size: int = 8  # examples per micro-batch, per process
     grad_accum_steps: int = 1
+    # True: loss_fn returns a SUM over the tokens that count_tokens(batch) counts (e.g. batch["num_tokens"] response
+    # tokens), and the step's loss is the sum over all its micro-batches and processes divided by their total count:
+    # accumulation then equals one large batch even when micro-batches hold different numbers of tokens
+    loss_sum: bool = False
     grad_clip: Optional[float] = 1.0  # max global gradient norm; None or 0: no clipping
     shuffle: bool = True
     # batches of similar lengths, so less of each is padding: sort by length inside random pools of up to
@@ -92,10 +96,9 @@ class TrainResult:
     best_metric: Optional[float]
     best_step: Optional[int]
     history: list = field(default_factory=list)  # the records of log.jsonl: {"type": "train"|"eval", "step", ...}
-
-    def curve(self, key: str) -> list:
-        """[(step, value)] of one metric over the run's evaluations, e.g. result.curve("val_loss")."""
-        return [(r["step"], r[key]) for r in self.history if r["type"] == "eval" and key in r]
+    # the validation curve, one row per evaluation: {"step", **eval_fn's metrics} from train(); a recipe may give
+    # richer rows (fine_tune_lm: {"step", "tokens", "seconds", "ppl"}, from the model before training on)
+    curve: list = field(default_factory=list)
 
 
 class Optimization(NamedTuple):
@@ -174,7 +177,7 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, cfg: TrainConfi
                 t0, tokens = time.perf_counter(), 0.0
 
             if eval_fn and ((cfg.eval_every and run.step % cfg.eval_every == 0) or run.step == cfg.max_steps):
-                metrics = _evaluate(model, eval_fn, hw.autocast, cfg.metric, hw.world)
+                metrics = _evaluate(model, eval_fn, cfg.metric, hw.world)
                 log.write({"type": "eval", "step": run.step, **metrics})
                 if _track_best(run, metrics, cfg):
                     best_weights = _keep_best(model, cfg, hw, run.step, metrics)
@@ -199,7 +202,7 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, cfg: TrainConfi
         log.close()
         if hw.created_group:
             dist.destroy_process_group()
-    return TrainResult(run.step, stopped_early, run.early["best"], run.early["best_step"], log.records)
+    return TrainResult(run.step, stopped_early, run.early["best"], run.early["best_step"], log.records, log.curve())
 
 
 # ----------------------------------------------------------------------------- the steps of train()
@@ -251,6 +254,8 @@ def _wrap(model, cfg: TrainConfig, hw: Hardware):
 def _accumulate(runner, loss_fn, batches, cfg: TrainConfig, hw: Hardware, scaler, run: Progress) -> tuple:
     """Forward and backward of grad_accum_steps micro-batches, the gradients summed in place; moves run.epoch and
     run.batch on. Returns (mean loss over the step's micro-batches and processes, tokens in them)."""
+    if cfg.loss_sum:
+        return _accumulate_sums(runner, loss_fn, batches, cfg, hw, scaler, run)
     loss_sum = torch.zeros((), device=hw.device)
     step_tokens = 0
     for micro in range(cfg.grad_accum_steps):
@@ -272,6 +277,39 @@ def _accumulate(runner, loss_fn, batches, cfg: TrainConfig, hw: Hardware, scaler
         dist.all_reduce(stats)  # sum over processes (gloo has no AVG)
     step_loss, step_tokens = stats.tolist()  # one device->host sync per step
     return step_loss / hw.world, step_tokens
+
+
+
+def _accumulate_sums(runner, loss_fn, batches, cfg: TrainConfig, hw: Hardware, scaler, run: Progress) -> tuple:
+    """_accumulate for cfg.loss_sum: loss_fn returns a micro-batch's summed loss. The step's micro-batches are drawn
+    first, so that their token count, summed over processes, is known before any backward: each gradient is then
+    that of sum / the step's count, and k micro-batches give the gradient of one k-times-larger batch exactly, where
+    a mean per micro-batch would weigh 10 tokens like 100 (transformers #34191)."""
+    micro = []
+    for _ in range(cfg.grad_accum_steps):
+        run.epoch, run.batch, batch, n_tokens = next(batches)
+        micro.append((batch, n_tokens))
+    count = torch.tensor(float(sum(n for _, n in micro)), device=hw.device)
+    if hw.world > 1:
+        dist.all_reduce(count)  # every process divides by the same total
+    count = count.item()
+    if count == 0:
+        raise ValueError("loss_sum=True, but the step's batches count no tokens: put the count of the tokens the "
+                         "loss sums over in batch['num_tokens']")
+    total = torch.zeros((), device=hw.device)
+    for i, (batch, _) in enumerate(micro):
+        sync = hw.world == 1 or i == len(micro) - 1
+        with nullcontext() if sync else runner.no_sync():
+            with hw.autocast():
+                loss = loss_fn(runner, batch)
+            if loss.dim() != 0:
+                raise ValueError(f"loss_fn returned shape {tuple(loss.shape)}: return the batch's summed loss")
+            # DDP averages the processes' gradients: times world, that average is the gradient of global sum / count
+            scaler.scale(loss * (hw.world / count)).backward()
+        total += loss.detach().float()
+    if hw.world > 1:
+        dist.all_reduce(total)
+    return total.item() / count, count
 
 
 def _optimizer_step(model, opt: Optimization, grad_clip) -> tuple:
@@ -476,9 +514,11 @@ def _enable_gradient_checkpointing(model: torch.nn.Module) -> None:
         m.gradient_checkpointing = True
 
 
-def _evaluate(model, eval_fn, autocast, metric: str, world: int) -> dict:
+def _evaluate(model, eval_fn, metric: str, world: int) -> dict:
+    # in fp32, without the training's autocast: the best figure is then the one a check with the same eval_fn
+    # after training gives
     model.eval()  # no dropout; gradient checkpointing is off outside training
-    with torch.no_grad(), autocast():
+    with torch.no_grad():
         metrics = {k: float(v) for k, v in eval_fn(model).items()}
     model.train()
     if metric not in metrics:
