@@ -126,9 +126,13 @@ def ban_repeated_ngrams(ids, logits, n):
 #   of the step, it joins the input's finished hypotheses with its score divided by its new-token count **
 #   length_penalty (1.0: the mean log-probability per token, so short endings are not favoured just for being short);
 #   the best num_beams finished hypotheses are kept;
-# - an input is done once it has num_beams finished hypotheses and its best running beam, scored the same way,
-#   is no better than the worst of them (early_stopping=False's heuristic): nothing it adds is kept any more;
+# - an input is done once it has num_beams finished hypotheses and its best running beam, scored the same way
+#   now, is no better than the worst of them: from then on nothing is added. (A heuristic, early_stopping=False's:
+#   the running beam's mean log-probability could still rise with more likely tokens, but rarely does.);
 # - the result is each input's best finished hypothesis, the rows padded with eos to the longest.
+# At exact ties the running beams match transformers' too (the same torch.topk over the same (B, K*V) layout);
+# finished hypotheses with exactly equal scores differ: nanoft keeps the earlier one (higher-ranked, or finished
+# first), transformers whichever its topk over its merged buffer returns first.
 
 
 class Finished:
@@ -143,7 +147,7 @@ class Finished:
         del self.hyps[self.num_beams:]
 
     def update_done(self, best_running_score):
-        """Done (for good) once full and the best running beam cannot beat the worst kept hypothesis."""
+        """Done (for good) once full and the best running beam, scored now, does not beat the worst one kept."""
         if len(self.hyps) == self.num_beams and best_running_score <= self.hyps[-1][0]:
             self.done = True
 
@@ -153,8 +157,7 @@ def beam_search(next_logits, input_ids, max_new_tokens, num_beams, eos_token_id=
     """The most likely continuation of each row of input_ids (B, T) found with num_beams beams -> (B, T + n_new),
     a row that ended with eos before the longest padded with eos. next_logits as in generate(); the cache it returns
     must have reorder(rows) (KVCache) to follow the beams, else it is dropped and the model re-reads the prefix."""
-    B, T = input_ids.shape
-    K = num_beams
+    B, K = input_ids.size(0), num_beams
     if max_new_tokens == 0:
         return input_ids
     ids = input_ids.repeat_interleave(K, dim=0)  # (B*K, T): rows b*K .. b*K+K-1 are input b's beams
