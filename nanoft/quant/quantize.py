@@ -99,11 +99,11 @@ class Int8Linear(QuantizedLinear):
     (the default) picks per call: int8pack when the layer computes in bf16 (autocast, a bf16 input or
     activation_dtype=torch.bfloat16) on a few rows, as in decoding, where the weight's bytes are the cost and int8
     reads a quarter of fp32's; otherwise the dequantized weight, so fp32 stays fp32. On x86 CPUs torch's int8-weight
-    kernel is vectorised for bf16 inputs only: on fp32 ones it was 12 times slower than on bf16 for one row
-    (768 -> 3072), and 40 times slower than the dequantized weight for 512 rows.
+    kernel is vectorised for bf16 inputs only: on fp32 inputs it is far slower than on bf16 ones, and slower than
+    the dequantized weight once there are hundreds of rows (figures: bench/README.md).
     activation_dtype: run the int8pack matmul with the input cast to this dtype (and the output cast back)."""
 
-    AUTO_ROWS = 64  # "auto": at most this many rows go through int8pack (measured crossover: 64-512 rows)
+    AUTO_ROWS = 64  # "auto": at most this many rows go through int8pack (where it stops paying: bench/README.md)
 
     def __init__(self, weight, bias=None, kernel="auto", activation_dtype=None):
         super().__init__(weight.size(1), weight.size(0), bias)

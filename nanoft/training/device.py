@@ -149,11 +149,11 @@ def keep_freed_memory(limit: int = 1 << 30) -> Optional[int]:
     Why: torch's CPU allocator has no cache of its own, so each tensor is a malloc and a free. glibc serves a
     block over its mmap threshold (32 MiB at most) with a fresh mmap and unmaps it when freed, so a training
     step's large tensors (a GPT-2's logits: 8 x 128 x 50,257 floats, 206 MB) come back as new pages every step,
-    and the kernel zeroes each page on first touch. On the 2-core Zen 3 here (2 threads) that was 200k page
-    faults and 0.8-0.9 s of system time a step of chapter 4's small GPT-2, 1.3-1.45 s in all; with the blocks
-    kept, 0.83 s (bench/README.md: transformers gains the same under the same setting). The cost: the resident
-    size stays near the largest step's peak (1.17 -> 1.75 GB there) instead of falling between steps.
-    Process-wide, so it also speeds up evaluation and anything else in the same process."""
+    and the kernel zeroes each page on first touch: a step spends much of its time in page faults (system time).
+    With the blocks kept it does not; the README and bench/README.md have the figures, with their machine and date
+    (transformers gains the same under the same setting). The cost: the resident size stays near the largest
+    step's peak instead of falling between steps. Process-wide, so it also speeds up evaluation and anything else
+    in the same process."""
     if _kept:
         return _kept[0]
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":

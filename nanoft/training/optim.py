@@ -53,8 +53,8 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9
         raise ValueError(f"no parameter of {type(model).__name__} requires grad, so there is nothing to train: "
                          "unfreeze some (requires_grad_(True), or freeze_encoder(..., unfreeze_top_k=k))")
     if fused is None:
-        # torch's fused AdamW (CUDA, and the CPU since torch 2.4) updates every tensor in one pass. On a CPU it
-        # is 4-7x faster than the foreach path, which cost 3-9% of a training step (bench/README.md)
+        # torch's fused AdamW (CUDA, and the CPU since torch 2.4) updates every tensor in one pass: on a CPU it is
+        # several times faster than the foreach path, a few percent of a training step (figures: bench/README.md)
         fused = all(p.device.type in ("cuda", "cpu") for g in groups for p in g["params"])
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused or None,
                              foreach=None if fused else True)
