@@ -152,3 +152,22 @@ def test_dpo_refuses_pairs_without_reference():
         fine_tune_dpo(GPT2(tiny_config()), as_features(random_pairs(2)), TrainConfig(max_steps=1, batch_size=2))
     with pytest.raises(ValueError, match="beta"):
         fine_tune_dpo(GPT2(tiny_config()), as_features(random_pairs(2)), TrainConfig(max_steps=1), beta=0)
+
+
+def test_preference_features_label_each_response_and_its_end():
+    from nanoft.data.instructions import load_preferences
+    from nanoft.io.assets import smollm2_gguf
+    from nanoft.io.tokenizer import load_tokenizer
+    from nanoft.recipes.dpo import preference_features
+    tok = load_tokenizer(smollm2_gguf())
+    records = load_preferences(verbose=False)["test"][:4]
+    pairs = preference_features(records, tok)
+    for pair, r in zip(pairs.features, records):
+        for side in ("chosen", "rejected"):
+            labelled = [t for t in pair[side]["labels"] if t != -100]
+            assert tok.decode(labelled) == r[side] + "<|im_end|>"
+        n_prompt = pair["chosen"]["labels"].count(-100)
+        assert pair["chosen"]["input_ids"][:n_prompt] == pair["rejected"]["input_ids"][:n_prompt]  # one prompt
+    longest = [max(len(p["chosen"]["input_ids"]), len(p["rejected"]["input_ids"])) for p in pairs.features]
+    short = preference_features(records, tok, max_len=min(longest), verbose=False)  # the shortest pair still fits
+    assert len(short.dropped) >= 1 and len(short.features) + len(short.dropped) == len(records)

@@ -2,7 +2,7 @@
 chosen response of each pair to the rejected one, without a reward model and without sampling.
 
     prefs = load_preferences()
-    pairs = preference_features(prefs["train"], tokenizer, render, end_id)       # [{"chosen": ..., "rejected": ...}]
+    pairs = preference_features(prefs["train"], tokenizer)                     # [{"chosen": ..., "rejected": ...}]
     pairs = with_reference_logps(model, pairs.features)                          # the reference: the model as it is
     result = fine_tune_dpo(model, pairs, TrainConfig(lr=2e-4, max_steps=60, batch_size=8), beta=0.1)
     evaluate_preferences(model, with_reference_logps(reference, test_pairs))    # accuracies, margin, rewards
@@ -30,26 +30,28 @@ likely too, just less so than the rejected ones). sft_weight > 0 adds the mean N
 loss (RPO, Pang et al., 2024), which holds them up.
 """
 from contextlib import nullcontext
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from nanoft.data.instructions import chat_messages
 from nanoft.quant.lora import lora_disabled
-from nanoft.recipes.instruction_tuning import Features, SFTCollate, encode_conversation, lm_feature
+from nanoft.recipes.instruction_tuning import Features, SFTCollate, encode_conversation, end_of_turn, lm_feature
 from nanoft.training.device import to_device
 from nanoft.training.train import TrainConfig, TrainResult, train
 
 
-def preference_features(records, tokenizer, render, end_id: int, max_len: int = 512, verbose: bool = True) -> Features:
+def preference_features(records, tokenizer, max_len: int = 512, end_id: Optional[int] = None,
+                        verbose: bool = True) -> Features:
     """Records with "chosen" and "rejected" -> [{"chosen": feature, "rejected": feature}], each feature as
     sft_features makes it (the prompt masked, the response and its end-of-turn token labelled). A pair with either
     sequence longer than max_len is left out and counted: cutting one would compare a partial answer to a whole one."""
-    out = Features([], [])
+    out, end_id = Features([], []), end_of_turn(tokenizer, end_id)
     for i, record in enumerate(records):
         pair = {}
         for side in ("chosen", "rejected"):
-            ids, n_prompt = encode_conversation(tokenizer, render, chat_messages(record, record[side]), end_id)
+            ids, n_prompt = encode_conversation(tokenizer, chat_messages(record, record[side]), end_id)
             pair[side] = lm_feature(ids, n_prompt) if len(ids) - 1 <= max_len else None
         if pair["chosen"] is None or pair["rejected"] is None:
             out.dropped.append(i)

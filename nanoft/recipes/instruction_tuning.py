@@ -1,16 +1,16 @@
 """Instruction tuning (supervised fine-tuning, SFT): teach a chat model to answer by training it on prompt/response
 pairs rendered with its own chat template, with the loss on the response alone.
 
-    render = lambda messages, add_generation_prompt: <the model's chat template as text>
+    tokenizer = load_tokenizer(smollm2_gguf())                             # with its chat template
     data = load_instructions()
-    train_set = sft_features(data["train"], tokenizer, render, end_id)     # [{"input_ids", "labels"}], + counts
+    train_set = sft_features(data["train"], tokenizer)                     # [{"input_ids", "labels"}], + counts
     model = prepare_for_tuning(model, "lora")                              # or "qlora" (NF4 base) or "full"
     fine_tune_sft(model, train_set.features, TrainConfig(lr=2e-4, epochs=1, batch_size=8), val=...)
     response_perplexity(model, test_set.features)["perplexity"]
 
 What the model learns is decided by the labels:
-- a sequence is the rendered conversation cut right after the assistant's end-of-turn token (`end_id`, <|im_end|>
-  for ChatML): the template's newline after it is never trained on and never generated;
+- a sequence is the conversation rendered by the tokenizer's chat template (tokenizer.apply_chat_template), cut
+  right after the assistant's end-of-turn token (end_id, by default the tokenizer's eos: <|im_end|> for ChatML): the template's newline after it is never trained on and never generated;
 - labels are targets, as everywhere in nanoft: labels[t] is the token to predict at position t (already shifted;
   the model never shifts). They are -100 on every prompt position and on padding, so the loss covers the response
   and its end-of-turn token. A model that is never trained on the end-of-turn token never learns to stop;
@@ -20,7 +20,7 @@ What the model learns is decided by the labels:
   divides by the step's count; the collate puts each micro-batch's count in batch["num_tokens"], where it looks.
 """
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -38,17 +38,31 @@ METHODS = ("full", "lora", "qlora")
 # ----------------------------------------------------------------------------- records -> features
 
 
-def encode_conversation(tokenizer, render: Callable, messages: list, end_id: int) -> tuple:
+def end_of_turn(tokenizer, end_id: Optional[int] = None) -> int:
+    """The id that ends the assistant's turn: end_id, else the tokenizer's eos token (<|im_end|> for ChatML)."""
+    end_id = end_id if end_id is not None else getattr(tokenizer, "eos_token_id", None)
+    if end_id is None:
+        raise ValueError("the tokenizer has no eos token: pass end_id, the id of the chat template's end-of-turn token")
+    return end_id
+
+
+def prompt_ids(tokenizer, messages: list) -> list:
+    """The ids the model answers from: the conversation rendered with the assistant's header at its end."""
+    return tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=True),
+                            add_special_tokens=False)
+
+
+def encode_conversation(tokenizer, messages: list, end_id: int) -> tuple:
     """(ids of the whole conversation cut after the assistant's end-of-turn token, number of prompt ids).
 
-    render(messages, add_generation_prompt) -> the chat template's text. The prompt is the conversation without the
-    assistant's turn, rendered with the generation prompt ("<|im_start|>assistant\\n"): exactly what the model sees
-    when it answers, so it must be a prefix of the whole conversation's ids, which is checked."""
-    prompt = tokenizer.encode(render(messages[:-1], True), add_special_tokens=False)
-    full = tokenizer.encode(render(messages, False), add_special_tokens=False)
+    The prompt is the conversation without the assistant's turn, rendered with the generation prompt
+    ("<|im_start|>assistant\\n"): exactly what the model sees when it answers, so it must be a prefix of the whole
+    conversation's ids, which is checked."""
+    prompt = prompt_ids(tokenizer, messages[:-1])
+    full = tokenizer.encode(tokenizer.apply_chat_template(messages), add_special_tokens=False)
     if full[:len(prompt)] != prompt:
-        raise ValueError("the chat template's prompt is not a prefix of the whole conversation once tokenized "
-                         f"({render(messages[:-1], True)[-40:]!r}): render the prompt with add_generation_prompt=True")
+        raise ValueError("the chat template's prompt is not a prefix of the whole conversation once tokenized: "
+                         "check that the template writes the assistant's header the same way in both")
     response = full[len(prompt):]
     if end_id not in response:
         raise ValueError(f"the rendered assistant turn has no end-of-turn token (id {end_id}): pass the template's "
@@ -70,16 +84,16 @@ class Features:
     dropped: list = field(default_factory=list)  # indices of records dropped: their prompt alone fills max_len
 
 
-def sft_features(records, tokenizer, render: Callable, end_id: int, max_len: int = 512, overlong: str = "truncate",
-                 response_key: str = "output", verbose: bool = True) -> Features:
+def sft_features(records, tokenizer, max_len: int = 512, overlong: str = "truncate", response_key: str = "output",
+                 end_id: Optional[int] = None, verbose: bool = True) -> Features:
     """Records -> SFT features (see the module docstring). A sequence longer than max_len is cut to max_len
     (overlong="truncate": its response loses its end, end-of-turn token included) or left out ("drop"); a record
     whose prompt alone leaves no response token within max_len is always left out. Both are counted and said."""
     if overlong not in ("truncate", "drop"):
         raise ValueError(f"overlong={overlong!r}: use 'truncate' or 'drop'")
-    out = Features([], [])
+    out, end_id = Features([], []), end_of_turn(tokenizer, end_id)
     for i, record in enumerate(records):
-        ids, n_prompt = encode_conversation(tokenizer, render, chat_messages(record, record[response_key]), end_id)
+        ids, n_prompt = encode_conversation(tokenizer, chat_messages(record, record[response_key]), end_id)
         if len(ids) - 1 > max_len:
             if overlong == "drop" or n_prompt >= max_len:
                 out.dropped.append(i)
@@ -176,14 +190,14 @@ def response_perplexity(model, features: list, batch_size: int = 16, pad_id: int
 
 
 @torch.no_grad()
-def generate_responses(model, tokenizer, render: Callable, records, end_id: int, max_new_tokens: int = 64) -> list:
+def generate_responses(model, tokenizer, records, max_new_tokens: int = 64, end_id: Optional[int] = None) -> list:
     """Greedy answers to each record's prompt: [{"text": without the end-of-turn token, "ids": the new token ids
     (end-of-turn excluded), "stopped": whether the model ended its turn within max_new_tokens}]. One prompt at a
     time: nanoft's models have no padding mask, and left-padding a batch would change what they see."""
-    device = next(model.parameters()).device
+    device, end_id = next(model.parameters()).device, end_of_turn(tokenizer, end_id)
     answers = []
     for record in records:
-        prompt = tokenizer.encode(render(prompt_messages(record), True), add_special_tokens=False)
+        prompt = prompt_ids(tokenizer, prompt_messages(record))
         new = model.generate(torch.tensor([prompt], device=device), max_new_tokens=max_new_tokens, temperature=0,
                              eos_token_id=end_id)[0, len(prompt):].tolist()
         stopped = end_id in new
