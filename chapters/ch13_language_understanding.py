@@ -157,7 +157,7 @@ def tapt(d, args):
           f"unused; {args.head_steps} steps for the fresh MLM head alone, then {args.tapt_steps} with the encoder), "
           f"then fine-tuning on {args.tapt_labels:,} labelled sentences, with and without it, {args.seeds} seed(s)")
     seed_everything(args.seed)
-    mlm = BertForMaskedLM.from_pretrained(args.model)  # all-MiniLM-L6-v2 has no MLM head: a fresh one is made
+    mlm = BertForMaskedLM.from_pretrained(args.model, notice=False)  # MiniLM has no MLM head: trained first
     out, mlm_seconds = timed(continue_pretraining, mlm, [f["input_ids"] for f in sst2["train"]],
                              [f["input_ids"] for f in sst2["val"]], d["tok"],
                              config(args, args.tapt_steps, args.tapt_lr, 32, group_by_length=True),

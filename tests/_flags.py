@@ -7,10 +7,10 @@ import torch
 
 def smoke_run(main, argv, shared_data_dir, tmp_path, monkeypatch):
     """main(argv + --smoke ...) on one thread, with the data of ../shared or, without it, the bundled samples."""
+    monkeypatch.setenv("NANOFT_CACHE", str(tmp_path / "cache"))  # the toy GPT-2 of a smoke run: never the user's cache
     if shared_data_dir is None:  # a fresh clone: no data, no network -> the bundled samples
         monkeypatch.delenv("NANOFT_DATA", raising=False)
         monkeypatch.setenv("NANOFT_OFFLINE", "1")
-        monkeypatch.setenv("NANOFT_CACHE", str(tmp_path / "cache"))
         data = []
     else:
         data = ["--data-dir", str(shared_data_dir)]

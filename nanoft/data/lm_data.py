@@ -5,6 +5,8 @@ where labels is input_ids moved one token to the left, so position t of the mode
     train_ids, val_ids = split_train_val(ids, 0.1)
     train = LMBlocks(train_ids, block_size=128)          # train[i] = {"input_ids": (128,), "labels": (128,)}
 """
+import sys
+
 import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
@@ -42,7 +44,7 @@ def tokenize_corpus(text: str, tokenizer, chars_per_piece: int = 1 << 16, batch_
     pieces = list(_pieces(text, chars_per_piece))
     ids = []
     batches = range(0, len(pieces), batch_pieces)
-    for b in tqdm(batches, desc="tokenizing", unit="batch", disable=len(batches) == 1):
+    for b in tqdm(batches, desc="tokenizing", unit="batch", disable=len(batches) == 1 or not sys.stderr.isatty()):
         for enc in tok.encode_batch(pieces[b:b + batch_pieces], add_special_tokens=False):
             ids.extend(enc.ids)
     return torch.tensor(ids, dtype=torch.long)
