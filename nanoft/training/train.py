@@ -168,12 +168,7 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, cfg: TrainConfi
             bar.update(1)
 
             if run.step % cfg.log_every == 0 or run.step == cfg.max_steps:
-                elapsed = time.perf_counter() - t0
-                record = {"type": "train", "step": run.step, "epoch": run.epoch, "loss": step_loss, "lr": lr,
-                          "grad_norm": None if grad_norm is None else grad_norm.item(),
-                          "tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0}
-                log.write(record)
-                bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:,.0f}")
+                _log_step(log, bar, run, step_loss, lr, grad_norm, tokens, time.perf_counter() - t0)
                 t0, tokens = time.perf_counter(), 0.0
 
             if eval_fn and ((cfg.eval_every and run.step % cfg.eval_every == 0) or run.step == cfg.max_steps):
@@ -324,6 +319,15 @@ def _optimizer_step(model, opt: Optimization, grad_clip) -> tuple:
     opt.optimizer.zero_grad(set_to_none=True)
     opt.scheduler.step()
     return lr, grad_norm
+
+
+def _log_step(log: RunLog, bar, run: Progress, loss: float, lr: float, grad_norm, tokens: float, elapsed: float):
+    """A "train" record in the log (tokens/s since the last one), and the same numbers on the progress bar."""
+    record = {"type": "train", "step": run.step, "epoch": run.epoch, "loss": loss, "lr": lr,
+              "grad_norm": None if grad_norm is None else grad_norm.item(),
+              "tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0}
+    log.write(record)
+    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:,.0f}")
 
 
 def _track_best(run: Progress, metrics: dict, cfg: TrainConfig) -> bool:
