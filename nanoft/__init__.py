@@ -3,7 +3,7 @@
 The package is in floors, each a folder, and each file imports only from the floors below it:
 
     nanoft/io/        files, safetensors and .bin weights, the hub, Hugging Face folders, tokenizers, assets
-    nanoft/models/    GPT-2, BERT, the LSTM baseline, task heads, attention, decoding
+    nanoft/models/    GPT-2, BERT, Llama, the LSTM baseline, task heads, attention, decoding
     nanoft/training/  the training loop, the optimizer and schedule, device and precision, batching, run files
     nanoft/quant/     LoRA, NF4, int8, quantized loading, quantization-aware training
     nanoft/data/      the data sets (where each comes from, the readers) and the metrics
@@ -20,6 +20,7 @@ from nanoft.io.tokenizer import (Tokenizer, add_special_tokens, load_bert_tokeni
                                  load_tokenizer)
 from nanoft.models.bert import BERT, BertConfig, BertForMaskedLM, BertMLMHead
 from nanoft.models.gpt2 import GPT2, GPT2Config
+from nanoft.models.llama import Llama, LlamaConfig
 from nanoft.models.heads import ClassificationHead, MultiTaskModel, SpanHead, classification_loss, span_loss
 from nanoft.models.lstm import LSTMLM, LSTMConfig
 from nanoft.training.freeze import freeze_encoder, train_last_blocks, train_only
@@ -43,7 +44,8 @@ from nanoft.recipes.small_gpt2 import PretrainConfig, load_pretrained_gpt2, pret
 __all__ = [
     "minilm_dir", "Tokenizer", "add_special_tokens", "load_bert_tokenizer", "load_gpt2_tokenizer",
     "smollm2_gguf", "load_tokenizer", "render_chat", "GGUFFile", "read_gguf_checkpoint",
-    "BERT", "BertConfig", "BertForMaskedLM", "BertMLMHead", "GPT2", "GPT2Config", "LSTMLM", "LSTMConfig",
+    "BERT", "BertConfig", "BertForMaskedLM", "BertMLMHead", "GPT2", "GPT2Config", "Llama", "LlamaConfig",
+    "LSTMLM", "LSTMConfig",
     "ClassificationHead", "SpanHead", "MultiTaskModel", "classification_loss", "span_loss", "freeze_encoder",
     "TrainConfig", "TrainResult", "train", "seed_everything", "load_checkpoint", "plot_log", "train_only",
     "train_last_blocks",

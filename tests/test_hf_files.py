@@ -330,7 +330,11 @@ def test_wrong_or_unknown_architecture(hf_gpt2, minilm_dir, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(dict(config, model_type="llama")))
     with pytest.raises(ValueError) as e:
         GPT2.from_pretrained(tmp_path)
-    one_line(e, "'llama'", "nanoft loads only gpt2 and bert")
+    one_line(e, "'llama'", "Llama.from_pretrained")
+    (tmp_path / "config.json").write_text(json.dumps(dict(config, model_type="mistral")))
+    with pytest.raises(ValueError) as e:
+        GPT2.from_pretrained(tmp_path)
+    one_line(e, "'mistral'", "nanoft loads only gpt2, bert, llama, qwen2")
 
 
 def test_unsupported_gpt2_variant_is_refused(hf_gpt2, tmp_path):

@@ -19,7 +19,8 @@ from nanoft.io.weights import load_state_dict_from_folder, save_safetensors
 
 # which nanoft class loads each model_type: only to name the fix when a folder holds another architecture
 LOADED_BY = {"gpt2": "nanoft.GPT2.from_pretrained",
-             "bert": "nanoft.BERT.from_pretrained or BertForMaskedLM.from_pretrained"}
+             "bert": "nanoft.BERT.from_pretrained or BertForMaskedLM.from_pretrained",
+             "llama": "nanoft.Llama.from_pretrained", "qwen2": "nanoft.Llama.from_pretrained"}
 
 
 def read_folder(name_or_path, model_type: str, supported=None, **hub_kwargs):
@@ -31,20 +32,22 @@ def read_folder(name_or_path, model_type: str, supported=None, **hub_kwargs):
     return config, read_tensors(name_or_path, **hub_kwargs)
 
 
-def read_config(name_or_path, model_type: str, **hub_kwargs) -> dict:
-    """config.json of a local folder or hub id, checked to be a `model_type` checkpoint.
-    hub_kwargs (revision, cache_dir, offline) go to nanoft.io.hub.resolve."""
+def read_config(name_or_path, model_type, **hub_kwargs) -> dict:
+    """config.json of a local folder or hub id, checked to be a `model_type` checkpoint (a string, or a tuple of
+    the model types one class loads: Llama reads "llama" and "qwen2"). hub_kwargs (revision, cache_dir, offline) go
+    to nanoft.io.hub.resolve."""
+    types = (model_type,) if isinstance(model_type, str) else tuple(model_type)
     path = resolve(name_or_path, "config.json", **hub_kwargs)
     try:
         config = json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e}): re-download it or fix the file") from None
-    found = config.get("model_type", model_type)  # very old configs have no model_type: trust the caller
-    if found != model_type:
+    found = config.get("model_type", types[0])  # very old configs have no model_type: trust the caller
+    if found not in types:
         fix = (f"load it with {LOADED_BY[found]}" if found in LOADED_BY else
-               f"nanoft loads only {' and '.join(LOADED_BY)} checkpoints")
-        raise ValueError(f"{name_or_path} is a {found!r} checkpoint (config.json model_type), not {model_type!r}: "
-                         f"{fix}")
+               f"nanoft loads only {', '.join(LOADED_BY)} checkpoints")
+        raise ValueError(f"{name_or_path} is a {found!r} checkpoint (config.json model_type), not "
+                         f"{' or '.join(map(repr, types))}: {fix}")
     return config
 
 
@@ -97,7 +100,7 @@ def write_folder(folder, config: dict, tensors: dict) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     dtype = next(iter(tensors.values())).dtype
-    config = {**config, "tie_word_embeddings": True, "dtype": str(dtype).removeprefix("torch.")}
+    config = {"tie_word_embeddings": True, **config, "dtype": str(dtype).removeprefix("torch.")}  # Llama may untie
     save_safetensors(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
     atomic_write(folder / "config.json", lambda f: f.write(text.encode()))
