@@ -1,8 +1,11 @@
 """nanoft.load_tokenizer and Tokenizer.apply_chat_template against transformers, on the real SmolLM2-135M-Instruct
 GGUF (its byte-level BPE, special tokens and ChatML template) and on the official Qwen2.5 and Llama 3 / 3.2
 templates, which transformers renders with Jinja."""
-import regex
+import json
+
+import gguf
 import pytest
+import regex
 import transformers
 
 from nanoft import Tokenizer, load_tokenizer, smollm2_gguf
@@ -107,6 +110,32 @@ def test_folder_tokenizer_equals_gguf(ours, theirs, tmp_path):
     assert (folder.eos_token_id, folder.pad_token_id, folder.bos_token_id) == (2, 2, 1)
     assert folder.chat_template == ours.chat_template
     assert folder.apply_chat_template(MESSAGES[2], True) == ours.apply_chat_template(MESSAGES[2], True)
+
+
+def test_llama3_style_gguf_tokenizer_equals_transformers(gpt2_bpe_dir, tmp_path):
+    """Llama 3's GGUF settings (pre-tokenizer "llama-bpe": its own split regex, digits in threes; a BOS before every
+    text) on GPT-2's real vocabulary and merges, written into a GGUF file here."""
+    vocab = json.loads((gpt2_bpe_dir / "encoder.json").read_text(encoding="utf-8"))
+    merges = [m for m in (gpt2_bpe_dir / "vocab.bpe").read_text(encoding="utf-8").split("\n")[1:] if m]
+    eot = vocab["<|endoftext|>"]
+    w = gguf.GGUFWriter(tmp_path / "llama3_tok.gguf", "llama")
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("llama-bpe")
+    w.add_token_list(sorted(vocab, key=vocab.get))
+    w.add_token_merges(merges)
+    w.add_token_types([3 if i == eot else 1 for i in range(len(vocab))])
+    w.add_bos_token_id(eot)
+    w.add_eos_token_id(eot)
+    w.add_add_bos_token(True)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    ours = load_tokenizer(tmp_path / "llama3_tok.gguf")
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="llama3_tok.gguf")
+    for text in TEXTS + SPACES_BEFORE_DIGITS:
+        assert ours.encode(text) == theirs(text)["input_ids"], text
+    assert ours.encode("1234567")[:4] == [eot, vocab["123"], vocab["456"], vocab["7"]]
 
 
 def test_unknown_template_and_bad_messages_say_what_is_supported(ours):

@@ -209,15 +209,15 @@ def load_gpt2_tokenizer(path_or_folder) -> Tokenizer:
 # ---------------------------------------------------------------------------------------------------------------
 # Chat models' tokenizers: from a GGUF file's metadata, or a folder's tokenizer.json (+ tokenizer_config.json)
 
-# How text is cut into words before BPE, by a GGUF file's tokenizer.ggml.pre (llama.cpp's names, its regexes)
-GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+# How text is cut into words before BPE, by the GGUF key tokenizer.ggml.pre (llama.cpp's names and regexes).
+# None: GPT-2's regex (ByteLevel's own); DIGITS: every digit alone first, then GPT-2's (SmolLM2's and StarCoder's
+# tokenizer.json, llama.cpp's "smollm"; transformers' GGUF converter leaves this cut out, see tests/test_chat.py)
+DIGITS = "digits"
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-PRE_TOKENIZERS = {"gpt2": [], "default": [],
-                  # SmolLM2, StarCoder: every digit on its own first, then GPT-2's split (as their tokenizer.json)
-                  "smollm": ["digits"], "starcoder": ["digits"],
+PRE_TOKENIZERS = {"gpt2": None, "default": None, "smollm": DIGITS, "starcoder": DIGITS,
                   "llama-bpe": LLAMA3_SPLIT, "llama3": LLAMA3_SPLIT, "qwen2": QWEN2_SPLIT}
 
 
@@ -226,13 +226,13 @@ def _pre_tokenizer(pre: str, path):
         raise ValueError(f"{path}: GGUF pre-tokenizer {pre!r}; nanoft builds {', '.join(PRE_TOKENIZERS)} (load the "
                          "model's tokenizer.json folder with load_tokenizer instead)")
     split = PRE_TOKENIZERS[pre]
-    if isinstance(split, str):  # a regex of its own, then bytes -> the byte alphabet
-        return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                                        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)   # GPT-2's regex inside
-    if split == ["digits"]:
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=split in (None, DIGITS))
+    if split is None:
+        return byte_level
+    if split == DIGITS:
         return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    return byte_level
+    # a regex of its own, then only the bytes -> byte-alphabet step
+    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"), byte_level])
 
 
 def _gguf_tokenizer(path) -> Tokenizer:
@@ -272,18 +272,17 @@ def _folder_tokenizer(path_or_folder) -> Tokenizer:
     if json_file is None:
         raise FileNotFoundError(f"no tokenizer.json in {path_or_folder}: pass a GGUF file, a model folder with "
                                 "tokenizer.json (+ tokenizer_config.json), or a hub id")
-    folder = os.path.dirname(json_file)
     config = {}
     for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the second wins, as in transformers
-        found = os.path.join(folder, name)
-        if os.path.isfile(found):
+        found = _locate(path_or_folder, name)
+        if found:
             with open(found, encoding="utf-8") as f:
                 config.update(json.load(f))
     template = config.get("chat_template")
     if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
         template = next((t["template"] for t in template if t.get("name") == "default"), None)
-    jinja_file = os.path.join(folder, "chat_template.jinja")  # where transformers 4.43+ saves it
-    if template is None and os.path.isfile(jinja_file):
+    jinja_file = None if template else _locate(path_or_folder, "chat_template.jinja")  # newer transformers' place
+    if jinja_file:
         with open(jinja_file, encoding="utf-8") as f:
             template = f.read()
     return Tokenizer(RustTokenizer.from_file(json_file), pad_token=_token_text(config.get("pad_token")),
