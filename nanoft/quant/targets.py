@@ -13,6 +13,10 @@ names each weight the same way. Each model class declares both once, and this fi
         HF_TRANSPOSED = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # HF stores these (in, out)
         def hf_modules(self): ...     # {nanoft module path: (HF module paths, ...)}
 
+HF_MODEL_TYPE may be a tuple (one class that loads several model types), and a class may read its config.json
+itself with a classmethod config_from_hf(dict) (load_quantized uses it when there is one). HF_MODEL_TYPE and
+CONFIG are needed by load_quantized only; LoRA, PEFT files, quantize_model and QAT need the other four.
+
 hf_modules() maps every module that holds parameters (a weight tied to another one is left out) to the HF modules
 it holds, in the order its output rows stack them:
 
