@@ -15,11 +15,9 @@ The five ways:
   qat    quantization-aware training: full fine-tuning with the weights fake-quantized (straight-through
          estimator), then converted to real int8 / NF4 (--qat-kind).
 
-Columns: quality; trainable parameters; model MiB in memory (packed weights and scales, and what stays fp32, as
-in QLoRA: the embeddings, half of MiniLM and most of the small GPT-2); training state (weights, fp32 gradients and
-two Adam moments of what trains, counted); peak CUDA memory (GPU only); seconds per step, validations included.
-What you should see is in the README's chapter 12 paragraph; exercises: chapters/ch12_exercises.md; how to run it:
-EXAMPLES below (the end of --help).
+Columns: quality; trainable parameters; model MiB (packed weights and scales, and what stays fp32 as in QLoRA);
+training state (weights, fp32 gradients, two Adam moments of what trains); peak CUDA memory (GPU only); seconds per
+step, validations included. What you should see: the README's chapter 12; exercises: chapters/ch12_exercises.md.
 """
 import copy
 import time
@@ -121,7 +119,7 @@ class Task:
 
 def sst2_task(args):
     tok, encoder = load_bert_tokenizer(args.model), BERT.from_pretrained(args.model)
-    d = load_sst2(tok, args.max_len, args.train, args.val, args.dev, args.seed, args.data_dir)
+    d = load_sst2(tok, args.max_len, args.train, args.val, args.dev, args.seed, args.data_dir, args.batch_size)
     print(f"SST-2 on a BERT from {args.model} ({encoder.num_parameters():,} parameters): {len(d['train']):,} "
           f"training sentences, {len(d['val'])} validation, {len(d['dev'])} dev ({d['label']})")
     return Task("SST-2", lambda: sentence_classifier(copy.deepcopy(encoder), pooling="mean", task="sst2"),
@@ -213,7 +211,8 @@ def ptq(task, args, done):
     print(f"\n# {task.name}, post-training quantization of the fully fine-tuned model: its block linears rounded")
     for kind, what in (("int8", "int8 per channel"), ("nf4", "NF4")):
         t0 = time.perf_counter()
-        model = quantize_model(copy.deepcopy(done["full"]).eval(), kind, targets="all", **({"block_size": args.nf4_block} if kind == "nf4" else {}))
+        blocks = {"block_size": args.nf4_block} if kind == "nf4" else {}
+        model = quantize_model(copy.deepcopy(done["full"]).eval(), kind, targets="all", **blocks)
         print(f"  {what}: quantized in {time.perf_counter() - t0:.1f} s")
         rows.append(row(task, f"PTQ {what} of full fine-tuning", model))
     return rows
@@ -225,7 +224,6 @@ def qat(task, args, done):
     model = prepare_qat(fresh(task, args), args.qat_kind, targets="all")
     fitted = fit(task, args, model, task.lr)  # QAT trains fp32 weights: their state is what it costs
     return [row(task, f"QAT {args.qat_kind}, converted", convert_qat(model).eval(), fitted)]
-
 
 
 COLUMNS = [("task", "task", "{}"), ("method", "method", "{}"), ("quality", "metric", "{}"),

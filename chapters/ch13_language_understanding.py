@@ -10,10 +10,8 @@ sentence positive?) and SQuAD v1.1 (which words of a paragraph answer a question
   frozen     the baseline: the encoder frozen, only a head trained (mean-pooled for SST-2, as MiniLM was trained).
 `all` (the default) runs the four and prints ONE table. Choices are made on validation data carved out of the
 training data; the dev sets only make the table (Sir Gawain). `--recipe standard` runs the standard recipe (SST-2
-1 epoch, SQuAD 2 epochs). What you should see, and how long it takes: the README's chapter 13 paragraph; how to
-run it: EXAMPLES below (the end of --help).
+1 epoch, SQuAD 2 epochs). What you should see, and how long it takes: the README's chapter 13 paragraph.
 """
-import argparse
 import copy
 import statistics
 import time
@@ -232,7 +230,7 @@ def main(argv=None):
     print(f"BERT from {args.model}: {c.num_hidden_layers} layers, width {c.hidden_size}, "
           f"{d['encoder'].num_parameters():,} parameters")
     d["sst2"] = sst2 = load_sst2(d["tok"], args.max_len, args.sst2_train, args.sst2_val, args.sst2_dev, args.seed,
-                                 args.data_dir)
+                                 args.data_dir, batch_size=32)  # SST-2 trains in batches of 32
     print(f"SST-2: {len(sst2['train']):,} training sentences, {len(sst2['val'])} validation, {len(sst2['dev'])} dev")
     methods = METHODS if args.method == "all" else (args.method,)
     if methods != ("tapt",):

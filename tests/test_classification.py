@@ -111,3 +111,29 @@ def test_load_sst2_from_a_named_folder(tmp_path, minilm_dir):
     data = load_sst2(load_bert_tokenizer(minilm_dir), max_len=16, n_train=10, n_val=5, n_dev=7, data_dir=tmp_path)
     assert (len(data["train"]), len(data["val"]), len(data["dev"])) == (10, 5, 7)
     assert data["label"] == "SST-2 dev, first 7 of 30" and not data["sample"]
+    with pytest.raises(ValueError, match=f"{tmp_path / 'sst2' / 'train.tsv'} leaves 10 training sentence\\(s\\) once 5 "
+                                         "are held out for validation, fewer than a batch of 32: give a train.tsv of "
+                                         "at least 37 rows"):
+        load_sst2(load_bert_tokenizer(minilm_dir), n_train=10, n_val=5, data_dir=tmp_path, batch_size=32)
+
+
+def test_labels_outside_the_head_are_named_before_training(minilm_dir, tmp_path):
+    tok = load_bert_tokenizer(minilm_dir)
+    feats = encode_sentences([(s, label + 1) for s, label in ROWS[:20]], tok, max_len=16)  # labels 1 and 2
+    cfg = TrainConfig(max_steps=2, batch_size=4, progress=False)
+    with pytest.raises(ValueError, match=r"the train labels are \[1, 2\], but a head of 2 labels needs 0..1: map "
+                                         r"them to 0..n-1 first"):
+        fine_tune_classifier(tiny_classifier(), feats[:16], feats[16:], cfg)
+
+
+def test_resume_onto_a_head_of_another_size_names_the_checkpoint(minilm_dir, tmp_path):
+    tok = load_bert_tokenizer(minilm_dir)
+    feats = encode_sentences(ROWS[:20], tok, max_len=16)
+    cfg = TrainConfig(max_steps=2, batch_size=4, eval_every=1, progress=False, out_dir=str(tmp_path / "run"),
+                      checkpoint_every=1, resume=True)
+    fine_tune_classifier(tiny_classifier(), feats[:16], feats[16:], cfg)
+    three = tiny_classifier()
+    three.heads["sst2"] = ClassificationHead(32, 3)
+    with pytest.raises(ValueError, match=f"{tmp_path / 'run' / 'checkpoint.pt'} was written for another model "
+                                         r"\(size mismatch for heads.sst2.classifier.weight.*give another out_dir"):
+        fine_tune_classifier(three, feats[:16], feats[16:], cfg)

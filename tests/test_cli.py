@@ -4,7 +4,8 @@ import argparse
 import pytest
 import torch
 
-from nanoft.cli.flags import add_run_flags, device_name, float_list, fraction, nonneg_int, positive_float, positive_int, run_main
+from nanoft.cli.flags import (ChapterParser, add_run_flags, device_name, float_list, fraction, nf4_block, nonneg_int,
+                              positive_float, positive_int, run_main)
 
 
 def test_flag_types_refuse_impossible_values():
@@ -37,3 +38,39 @@ def test_run_flags_parse_and_run_main_prints_one_line(capsys, monkeypatch):
         run_main(main, ["--debug"])
     with pytest.raises(TypeError):  # a programming error is never hidden
         run_main(lambda argv: None + 1, [])
+
+
+def test_out_of_memory_names_the_flags_that_lower_it(capsys, monkeypatch):
+    monkeypatch.delenv("NANOFT_DEBUG", raising=False)
+
+    def main(argv):  # what torch raises on a CPU when an allocation fails
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 26350190592 bytes. Error code 12 (Cannot allocate memory)")
+
+    with pytest.raises(SystemExit) as e:
+        run_main(main, [], name="ch12", memory="--batch-size or --max-len")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == ("ch12: out of memory (one more tensor of 24.5 GiB did not fit): lower "
+                                         "--batch-size or --max-len (NANOFT_DEBUG=1 shows the traceback)\n")
+
+
+def test_chapter_parser_smoke_recipes_and_one_line_errors(capsys):
+    p = ChapterParser("chX", "a test", smoke={"steps": 2})
+    p.add_argument("--steps", type=positive_int, default=100)
+    p.add_sizes([("--width", positive_int, "width", 64, 512, 8)], ("quick", "standard"))
+    assert (p.parse_args([]).steps, p.parse_args([]).width) == (100, 64)
+    assert p.parse_args(["--recipe", "standard"]).width == 512
+    smoke = p.parse_args(["--smoke"])
+    assert (smoke.steps, smoke.width) == (2, 8)
+    assert p.parse_args(["--smoke", "--steps", "5", "--width", "9"]).steps == 5  # flags given win over --smoke
+    for argv, line in ((["--stepz", "3"], "chX: --stepz is not a flag of this script; did you mean --steps?"),
+                       (["--steps", "0"], "chX: --steps: 0 is not allowed: give an integer >= 1"),
+                       (["--smoke", "--recipe", "quick"], "chX: --smoke and --recipe quick contradict each other")):
+        with pytest.raises(SystemExit) as e:
+            p.parse_args(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and err.startswith(line), err
+    assert nf4_block("64") == 64
+    for bad in ("3", "96", "1", "0"):
+        with pytest.raises(argparse.ArgumentTypeError, match="power of two >= 2"):
+            nf4_block(bad)

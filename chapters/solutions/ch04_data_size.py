@@ -38,6 +38,7 @@ def main(argv=None):
         # one is what early stopping would keep
         row["ratio"] = row["lstm_best"] / row["gpt2_best"]
         rows.append(row)
+        save_rows(rows, setup.out_dir, "exercise_data_size")  # on disk after every run: a Ctrl-C keeps them
     print_table(rows, [("train tokens", "train_tokens", "{}"), ("epochs", "epochs", "{:.1f}"),
                        ("GPT-2 best", "gpt2_best", "{:.1f}"), ("GPT-2 final", "gpt2_final", "{:.1f}"),
                        ("LSTM best", "lstm_best", "{:.1f}"), ("LSTM final", "lstm_final", "{:.1f}"),

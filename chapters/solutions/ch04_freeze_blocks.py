@@ -37,6 +37,7 @@ def main(argv=None):
         best, final = best_and_final(curve)
         rows.append(dict(blocks=k, trainable=trainable, best_ppl=best, final_ppl=final,
                          seconds=curve[-1]["seconds"], s_per_step=curve[-1]["seconds"] / curve[-1]["step"]))
+        save_rows(rows, setup.out_dir, "exercise_freeze_blocks")  # on disk after every run: a Ctrl-C keeps them
     print_table(rows, [("blocks trained", "blocks", "{}"), ("trainable", "trainable", "{:,}"),
                        ("best val ppl", "best_ppl", "{:.1f}"), ("final val ppl", "final_ppl", "{:.1f}"),
                        ("training s", "seconds", "{:.0f}"), ("s / step", "s_per_step", "{:.2f}")])

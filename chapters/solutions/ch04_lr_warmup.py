@@ -46,6 +46,7 @@ def main(argv=None):
         # the first evaluation shows an early blow-up that the rest of the run may hide
         rows.append(dict(lr=lr, warmup=warmup, first_ppl=curve[1]["ppl"], first_step=curve[1]["step"],
                          best_ppl=best, final_ppl=final, curve=[(r["step"], r["ppl"]) for r in curve]))
+        save_rows(rows, setup.out_dir, "exercise_lr_warmup")  # on disk after every run: a Ctrl-C keeps them
     print_table(rows, [("peak lr", "lr", "{:g}"), ("warmup", "warmup", "{}"), ("at step", "first_step", "{}"),
                        ("val ppl then", "first_ppl", "{:.1f}"), ("best val ppl", "best_ppl", "{:.1f}"),
                        ("final val ppl", "final_ppl", "{:.1f}")])

@@ -99,6 +99,7 @@ def main(argv=None):
                          sst2_steps=steps["sst2"], squad_steps=steps["squad"],
                          dev_acc=evaluate_accuracy(model, sst2["dev"], "sst2"), em=scores["exact_match"],
                          f1=scores["f1"], seconds=seconds))
+        save_rows(rows, args.out_dir, "exercise_mixing")  # on disk after every run: a Ctrl-C keeps them
         print(f"  SST-2 dev accuracy {rows[-1]['dev_acc']:.1f}%, SQuAD EM {scores['exact_match']:.1f} / F1 "
               f"{scores['f1']:.1f}; {seconds:.0f} s of training")
     print_table(rows, [("mix", "mix", "{}"), ("p(sst2)", "p_sst2", "{:.2f}"), ("SST-2 steps", "sst2_steps", "{}"),

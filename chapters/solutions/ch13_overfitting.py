@@ -102,6 +102,7 @@ def main(argv=None):
                          val_loss=last["val_loss"], min_val_loss=lowest["val_loss"], min_val_step=lowest["step"],
                          best_val_acc=result.best_metric, dev_acc=evaluate_accuracy(model, sst2["dev"]),
                          seconds=seconds, curve=curves[name]))
+        save_rows(rows, args.out_dir, "exercise_overfitting")  # on disk after every run: a Ctrl-C keeps them
         print_table(curves[name], [("step", "step", "{}"), ("train loss", "train_loss", "{:.3f}"),
                                    ("val loss", "val_loss", "{:.3f}"), ("val acc", "val_acc", "{:.1f}%")])
     print_table(rows, [("regularization", "setting", "{}"), ("dropout", "dropout", "{:g}"),

@@ -47,6 +47,7 @@ def main(argv=None):
                   f"{result.best_metric:.1f}% at step {result.best_step}; {seconds:.0f} s")
             rows.append(dict(training=what, pooling=pooling, lr=lr, steps=steps, val_acc=result.best_metric,
                              dev_acc=evaluate_accuracy(model, sst2["dev"]), seconds=seconds))
+            save_rows(rows, args.out_dir, "exercise_pooling")  # on disk after every run: a Ctrl-C keeps them
     print_table(rows, [("training", "training", "{}"), ("pooling", "pooling", "{}"), ("lr", "lr", "{:g}"),
                        ("steps", "steps", "{}"), ("val acc", "val_acc", "{:.1f}%"), ("dev acc", "dev_acc", "{:.1f}%"),
                        ("seconds", "seconds", "{:.0f}")])

@@ -71,6 +71,7 @@ def main(argv=None):
                          dev_acc=statistics.mean(dev_accs),
                          dev_std=statistics.stdev(dev_accs) if len(dev_accs) > 1 else None, dev_accs=dev_accs,
                          mlm_seconds=mlm_seconds, finetune_seconds=seconds))
+        save_rows(rows, args.out_dir, "exercise_tapt_epochs")  # on disk after every run: a Ctrl-C keeps them
     print_table(rows, [("TAPT epochs", "tapt_epochs", "{}"), ("MLM steps", "mlm_steps", "{}"),
                        ("MLM loss before", "mlm_loss_before", "{:.2f}"), ("after", "mlm_loss_after", "{:.2f}"),
                        ("val acc", "val_acc", "{:.1f}%"), ("dev acc", "dev_acc", "{:.1f}%"),

@@ -65,6 +65,7 @@ def main(argv=None):
                                        run.config(args.steps, lr, args.batch_size, group_by_length=True))
         rows.append(dict(k=k, trainable=n, lr=lr, val_acc=result.best_metric,
                          dev_acc=evaluate_accuracy(model, sst2["dev"]), seconds=seconds))
+        save_rows(rows, args.out_dir, "exercise_unfreeze_top_k")  # on disk after every run: a Ctrl-C keeps them
     print_table(rows, [("top k", "k", "{}"), ("trainable", "trainable", "{:,}"), ("lr", "lr", "{:g}"),
                        ("val acc", "val_acc", "{:.1f}%"), ("dev acc", "dev_acc", "{:.1f}%"),
                        ("seconds", "seconds", "{:.0f}")])

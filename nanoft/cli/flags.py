@@ -235,6 +235,16 @@ def _out_of_memory(e) -> bool:
         "out of memory" in text or "can't allocate memory" in text or "CUDA error: out of memory" in text))
 
 
+def _memory_line(text, memory) -> str:
+    """torch's allocation failure (CPU: "...allocate 26350190592 bytes...", CUDA: "Tried to allocate 2.00 GiB") as
+    one line that says how much, and which flags lower it."""
+    found = re.search(r"allocate (\d+) bytes", text)
+    size = f"{int(found.group(1)) / 2**30:.1f} GiB" if found else None
+    found = found or re.search(r"allocate ([\d.]+ [KMGT]iB)", text)
+    size = size or (found.group(1) if found else None)
+    return f"out of memory{f' (one more tensor of {size} did not fit)' if size else ''}: lower {memory}"
+
+
 def run_main(main, argv=None, name=None, memory="--batch-size"):
     """Run main(argv) as a script. A user error (ValueError, FileNotFoundError, OSError on a file) becomes one line
     on stderr and exit code 2; running out of memory, one line naming the flags that lower it (`memory`), exit 2;
@@ -259,6 +269,6 @@ def run_main(main, argv=None, name=None, memory="--batch-size"):
             raise
         message = " ".join(str(e).split())  # one line, whatever the exception's text
         if _out_of_memory(e):
-            message = f"out of memory ({message[:120]}): lower {memory}, or use a smaller --model"
+            message = _memory_line(message, memory)
         print(f"{name}: {message} (NANOFT_DEBUG=1 shows the traceback)", file=sys.stderr)
         raise SystemExit(2) from None

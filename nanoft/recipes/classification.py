@@ -11,6 +11,7 @@ the final figure. A frozen encoder is a feature extractor: `fine_tune_frozen` co
 and trains only the head on them, hundreds of epochs in the time one fine-tuning epoch takes.
 """
 import random
+import sys
 from dataclasses import replace
 
 import torch
@@ -62,9 +63,10 @@ def encode_sentences(rows, tokenizer, max_len=64):
             for x, (_, label) in zip(ids, rows)]
 
 
-def load_sst2(tokenizer, max_len=64, n_train=0, n_val=500, n_dev=0, seed=0, data_dir=None):
+def load_sst2(tokenizer, max_len=64, n_train=0, n_val=500, n_dev=0, seed=0, data_dir=None, batch_size=1):
     """SST-2 features: train (a seeded subset of n_train; 0 = all), val (n_val carved out of train.tsv) and dev (the
-    official dev set, first n_dev; 0 = all 872), plus a label for tables and whether the bundled sample was used."""
+    official dev set, first n_dev; 0 = all 872), plus a label for tables and whether the bundled sample was used.
+    batch_size: the batch the caller trains with, so that a train.tsv too small for it is named now."""
     train_file = dataset_path("sst2/train.tsv", data_dir)
     dev_file = dataset_path("sst2/dev.tsv", data_dir)
     rows = read_sst2(train_file.path)
@@ -73,6 +75,10 @@ def load_sst2(tokenizer, max_len=64, n_train=0, n_val=500, n_dev=0, seed=0, data
                          "held out for validation; give a train.tsv with more rows")
     train_rows, val_rows = carve_validation(rows, min(n_val, max(1, len(rows) // 5)), seed)  # a sample is small
     train_rows = subset(train_rows, n_train, seed)
+    if len(train_rows) < batch_size:
+        raise ValueError(f"{train_file.path} leaves {len(train_rows)} training sentence(s) once {len(val_rows)} are "
+                         f"held out for validation, fewer than a batch of {batch_size}: give a train.tsv of at least "
+                         f"{batch_size + len(val_rows)} rows")
     dev_rows = read_sst2(dev_file.path)
     n_all_dev = len(dev_rows)
     dev_rows = dev_rows[:n_dev] if n_dev else dev_rows
@@ -95,6 +101,11 @@ def _device(model):
     return next(model.parameters()).device
 
 
+def terminal() -> bool:
+    """A bar nested in the training bar moves the cursor up ("\\x1b[A") to redraw: only on a terminal, not in logs."""
+    return sys.stderr.isatty()
+
+
 @torch.no_grad()
 def predict_logits(model, features, task=None, batch_size=64, progress=False):
     """(N, num_labels) logits for the features, in their order. Batches hold sentences of similar length.
@@ -106,7 +117,7 @@ def predict_logits(model, features, task=None, batch_size=64, progress=False):
     model.eval()
     order, collate, device = eval_order(features), Collate(), _device(model)
     out = [None] * len(features)
-    for i in tqdm(range(0, len(order), batch_size), desc="eval", leave=False, disable=not progress):
+    for i in tqdm(range(0, len(order), batch_size), desc="eval", leave=False, disable=not (progress and terminal())):
         idx = order[i:i + batch_size]
         logits = model(task, to_device(collate([features[j] for j in idx]), device))["logits"].float().cpu()
         for j, row in zip(idx, logits):
@@ -130,9 +141,22 @@ def fine_tune_classifier(model, train_features, val_features, cfg: TrainConfig, 
     """nanoft's training loop on the sentences, evaluated on val_features every cfg.eval_every steps (accuracy in
     percent, "val_acc"); the model ends with the weights of its best evaluation. Returns the loop's TrainResult."""
     task = model.task_name(task)
+    check_labels(model.heads[task].classifier.out_features, train=train_features, validation=val_features)
     cfg = replace(cfg, metric="val_acc", mode="max", restore_best=True)
     evaluate = lambda m: {"val_acc": evaluate_accuracy(m, val_features, task, progress=cfg.progress)}  # noqa: E731
     return train(model, train_features, _loss(task), cfg, eval_fn=evaluate, collate_fn=Collate(), length_fn=real_length)
+
+
+def check_labels(num_labels, **splits):
+    """Every label of every split in 0..num_labels-1 (the head's outputs), or one error that names the split, the
+    labels found and the fix, instead of cross-entropy's "Target 2 is out of bounds" in the middle of training."""
+    for name, features in splits.items():
+        found = sorted({f["labels"] for f in features})
+        bad = [x for x in found if not (isinstance(x, int) and 0 <= x < num_labels)]
+        if bad:
+            raise ValueError(f"the {name} labels are {found[:10]}, but a head of {num_labels} labels needs 0.."
+                             f"{num_labels - 1}: map them to 0..n-1 first (e.g. {{1: 0, 2: 1}}, or by name), or "
+                             "give sentence_classifier the right num_labels")
 
 
 @torch.no_grad()
@@ -142,7 +166,7 @@ def sentence_vectors(model, features, task=None, batch_size=128, progress=False)
     head, encoder = model.heads[model.task_name(task)], model.encoder
     order, collate, device = eval_order(features), Collate(), _device(model)
     out = [None] * len(features)
-    for i in tqdm(range(0, len(order), batch_size), desc="embed", leave=False, disable=not progress):
+    for i in tqdm(range(0, len(order), batch_size), desc="embed", leave=False, disable=not (progress and terminal())):
         idx = order[i:i + batch_size]
         batch = to_device(collate([features[j] for j in idx]), device)
         hidden = encoder(batch["input_ids"], attention_mask=batch["attention_mask"])  # (B, T, H)

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from nanoft.data import squad
 from nanoft.training.batching import Collate, eval_order, real_length
-from nanoft.recipes.classification import subset
+from nanoft.recipes.classification import subset, terminal
 from nanoft.data.datasets import dataset_path
 from nanoft.training.device import to_device
 from nanoft.models.heads import MultiTaskModel, SpanHead
@@ -85,7 +85,7 @@ def predict_answers(model, examples, features, task=None, batch_size=32, n_best=
     N, T = len(features), len(features[0]["input_ids"])
     start_logits, end_logits = torch.full((N, T), -1e4), torch.full((N, T), -1e4)  # (N, T); a pad never wins
     order, collate = eval_order(features), Collate()
-    for i in tqdm(range(0, N, batch_size), desc="eval", leave=False, disable=not progress):
+    for i in tqdm(range(0, N, batch_size), desc="eval", leave=False, disable=not (progress and terminal())):
         idx = order[i:i + batch_size]
         batch = collate([features[j] for j in idx])
         start, end = model(task, to_device({k: v for k, v in batch.items() if torch.is_tensor(v)}, device))["logits"]
