@@ -136,7 +136,8 @@ def save_sharded(out_dir: str, model: nn.Module, optimizer, train_state: dict) -
         os.makedirs(tmp)
     _barrier()  # nobody writes into checkpoint.tmp before rank 0 has emptied it
     model_sd, optim_sd = get_state_dict(model, optimizer)  # DTensor shards, named as the plain model names them
-    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp)  # returns once rank 0 wrote the index
+    # returns once rank 0 wrote the index; one process without torchrun (parallel="fsdp" on 1) writes it all
+    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp, no_dist=not dist.is_initialized())
     if rank == 0:
         torch.save(train_state, os.path.join(tmp, TRAIN_STATE))  # last: its presence marks a whole checkpoint
         if os.path.exists(final):
@@ -154,7 +155,7 @@ def load_sharded(folder: str, model: nn.Module, optimizer) -> dict:
     as when it was written gives the same shards, hence an exact resume (DCP would also reshard to another number)."""
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optimizer": optim_sd}
-    dcp.load(state, checkpoint_id=folder)  # in place, into the tensors of `state`
+    dcp.load(state, checkpoint_id=folder, no_dist=not dist.is_initialized())  # in place, into the tensors of `state`
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     return torch.load(os.path.join(folder, TRAIN_STATE), map_location="cpu", weights_only=True)
 

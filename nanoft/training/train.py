@@ -22,7 +22,6 @@ import os
 import random
 import time
 import zlib
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, NamedTuple, Optional
 
@@ -33,7 +32,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 from tqdm.auto import tqdm
 
-from nanoft.training.device import Hardware, gather, setup_hardware, to_device
+from nanoft.training import fsdp
+from nanoft.training.device import Hardware, gather, resolve_precision, setup_hardware, to_device
 from nanoft.training.optim import build_optimizer, build_scheduler, describe_groups
 from nanoft.training.run_files import RunLog, load_checkpoint, plain, rng_state, save_checkpoint, set_rng_state
 
@@ -73,6 +73,10 @@ class TrainConfig:
     # page-faulting it back each step (nanoft.training.device.keep_freed_memory)
     keep_freed_memory: bool = True
     find_unused_parameters: bool = False  # DDP: True when some parameters get no gradient (multi-task heads)
+    # under torchrun: "ddp" keeps a whole copy of the model, its gradients and AdamW state in each process; "fsdp"
+    # shards them across the processes (nanoft/training/fsdp.py). Its checkpoint is out_dir/checkpoint/, a folder of
+    # shards, and after train() the model stays sharded: export with fsdp.load_sharded_weights
+    parallel: str = "ddp"
     # evaluation and early stopping
     eval_every: int = 0  # optimizer steps between evaluations; 0: only at the end
     metric: str = "val_loss"  # the key of eval_fn's dict that picks the best checkpoint
@@ -138,7 +142,10 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, cfg: TrainConfi
         os.makedirs(out, exist_ok=True)
     seed_everything(cfg.seed + hw.rank)  # rank 0 matches a 1-process run; other ranks draw other dropout masks
 
-    model.to(hw.device)
+    if cfg.parallel == "fsdp" and hw.world > 1:  # before the optimizer: sharding makes new parameters
+        fsdp.shard_model(model, hw.device, resolve_precision(cfg.precision, hw.device)[0])
+    else:
+        model.to(hw.device)
     model.train()
     if cfg.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
@@ -216,10 +223,19 @@ def _build_optimization(model, cfg: TrainConfig, hw: Hardware) -> Optimization:
 def _resume(cfg: TrainConfig, hw: Hardware, model, opt: Optimization, plan: dict) -> Progress:
     """The Progress of out_dir/checkpoint.pt, with the weights and the optimizer loaded from it, when cfg.resume
     and the file exists; else a fresh Progress."""
-    path = os.path.join(cfg.out_dir, "checkpoint.pt") if cfg.out_dir else None
-    if not (cfg.resume and path and os.path.exists(path)):
+    if not (cfg.resume and cfg.out_dir):
         return Progress()
-    ckpt = load_checkpoint(path, model, *opt)
+    if cfg.parallel == "fsdp":  # a folder of shards, that every process reads its own from
+        path = fsdp.sharded_folder(cfg.out_dir)
+        if path is None:
+            return Progress()
+        ckpt = fsdp.load_sharded(path, model, opt.optimizer)
+        opt.scheduler.load_state_dict(ckpt["scheduler"])
+    else:
+        path = os.path.join(cfg.out_dir, "checkpoint.pt")
+        if not os.path.exists(path):
+            return Progress()
+        ckpt = load_checkpoint(path, model, *opt)
     data = ckpt["data"]
     if (data["batch_size"], data["world_size"]) != (cfg.batch_size, hw.world):
         raise ValueError(f"checkpoint in {cfg.out_dir} was written with batch_size={data['batch_size']} on "
@@ -232,13 +248,14 @@ def _resume(cfg: TrainConfig, hw: Hardware, model, opt: Optimization, plan: dict
                          + ", ".join(f"{k} {a} then, {b} now" for k, (a, b) in changed.items())
                          + "): resume with the same data and settings, or set resume=False")
     if hw.is_main and cfg.progress:
-        print(f"resuming from {cfg.out_dir}/checkpoint.pt at step {ckpt['step']}")
+        print(f"resuming from {path} at step {ckpt['step']}")
     return Progress(ckpt["step"], data["epoch"], data["batch"], ckpt["early_stopping"], ckpt["rng"][hw.rank])
 
 
 def _wrap(model, cfg: TrainConfig, hw: Hardware):
     """What the training steps call: the model, under DDP with several processes, compiled with cfg.compile."""
-    runner = DDP(model, find_unused_parameters=cfg.find_unused_parameters) if hw.world > 1 else model
+    runner = DDP(model, find_unused_parameters=cfg.find_unused_parameters) \
+        if hw.world > 1 and not fsdp.is_sharded(model) else model
     if cfg.compile:
         # a wrapper around the same parameters, used for the training steps only: eval_fn and the saved
         # state_dict see the plain model (no "_orig_mod." in the names, no recompiling for eval shapes)
@@ -256,9 +273,9 @@ def _accumulate(runner, loss_fn, batches, cfg: TrainConfig, hw: Hardware, scaler
     for micro in range(cfg.grad_accum_steps):
         run.epoch, run.batch, batch, n_tokens = next(batches)
         step_tokens += n_tokens
-        # DDP all-reduces gradients in backward; only the last micro-batch needs it
+        # DDP all-reduces (FSDP2 reduce-scatters) gradients in backward; only the last micro-batch needs it
         sync = hw.world == 1 or micro == cfg.grad_accum_steps - 1
-        with nullcontext() if sync else runner.no_sync():
+        with fsdp.gradient_sync(runner, sync):
             with hw.autocast():
                 loss = loss_fn(runner, batch)
             if loss.dim() != 0:
@@ -294,7 +311,7 @@ def _accumulate_sums(runner, loss_fn, batches, cfg: TrainConfig, hw: Hardware, s
     total = torch.zeros((), device=hw.device)
     for i, (batch, _) in enumerate(micro):
         sync = hw.world == 1 or i == len(micro) - 1
-        with nullcontext() if sync else runner.no_sync():
+        with fsdp.gradient_sync(runner, sync):
             with hw.autocast():
                 loss = loss_fn(runner, batch)
             if loss.dim() != 0:
@@ -312,7 +329,7 @@ def _optimizer_step(model, opt: Optimization, grad_clip) -> tuple:
     grad_norm = None
     if grad_clip:
         opt.scaler.unscale_(opt.optimizer)  # clip the true gradients, not the fp16-scaled ones
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        grad_norm = fsdp.grad_norm(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))  # over all shards
     lr = opt.optimizer.param_groups[0]["lr"]
     opt.scaler.step(opt.optimizer)  # skips the update if fp16 gradients overflowed
     opt.scaler.update()
@@ -342,32 +359,39 @@ def _track_best(run: Progress, metrics: dict, cfg: TrainConfig) -> bool:
 
 def _keep_best(model, cfg: TrainConfig, hw: Hardware, step: int, metrics: dict) -> Optional[dict]:
     """Keep the best weights: out_dir/best.pt, or without out_dir (for restore_best) a CPU copy, returned."""
+    if not (cfg.out_dir or cfg.restore_best):
+        return None
+    # sharded: every process takes part, and rank 0 gets the whole weights (the others {})
+    weights = fsdp.full_state_dict(model) if fsdp.is_sharded(model) else model.state_dict()
     if cfg.out_dir:
         if hw.is_main:
-            save_checkpoint(os.path.join(cfg.out_dir, "best.pt"),
-                            {"model": model.state_dict(), "step": step, "metrics": metrics})
+            save_checkpoint(os.path.join(cfg.out_dir, "best.pt"), {"model": weights, "step": step, "metrics": metrics})
         return None
-    if cfg.restore_best:
-        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    return None
+    return {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
 
 
 def _save_checkpoint(model, opt: Optimization, cfg: TrainConfig, hw: Hardware, run: Progress, plan: dict) -> None:
     rng_states = gather(rng_state(hw.device), hw.world)  # every rank's dropout stream, for an exact resume
-    if hw.is_main:
-        save_checkpoint(os.path.join(cfg.out_dir, "checkpoint.pt"), {
-            "model": model.state_dict(), "optimizer": opt.optimizer.state_dict(),
-            "scheduler": opt.scheduler.state_dict(), "scaler": opt.scaler.state_dict(), "step": run.step,
-            "data": {"epoch": run.epoch, "batch": run.batch, "batch_size": cfg.batch_size, "world_size": hw.world,
-                     **plan},
-            "rng": rng_states, "early_stopping": run.early, "config": plain(asdict(cfg))})
+    state = {"scheduler": opt.scheduler.state_dict(), "scaler": opt.scaler.state_dict(), "step": run.step,
+             "data": {"epoch": run.epoch, "batch": run.batch, "batch_size": cfg.batch_size, "world_size": hw.world,
+                      **plan},
+             "rng": rng_states, "early_stopping": run.early, "config": plain(asdict(cfg))}
+    if cfg.parallel == "fsdp":  # every process writes its shards of the weights and AdamW state
+        fsdp.save_sharded(cfg.out_dir, model, opt.optimizer, state)
+    elif hw.is_main:
+        save_checkpoint(os.path.join(cfg.out_dir, "checkpoint.pt"),
+                        {"model": model.state_dict(), "optimizer": opt.optimizer.state_dict(), **state})
 
 
 def _restore_best(model, cfg: TrainConfig, hw: Hardware, run: Progress, best_weights: Optional[dict]) -> None:
     """End with the weights of the best evaluation. After the barrier, so that under DDP rank 0 has written best.pt
     before any rank reads it; every rank loads the same weights, so the processes stay in step for what the caller
     does next."""
-    if cfg.out_dir:
+    if fsdp.is_sharded(model):  # rank 0 reads the whole weights, every process keeps its shards of them
+        if cfg.out_dir and hw.is_main:
+            best_weights = load_checkpoint(os.path.join(cfg.out_dir, "best.pt"))["model"]
+        fsdp.load_full_state_dict(model, best_weights if hw.is_main else {})
+    elif cfg.out_dir:
         load_checkpoint(os.path.join(cfg.out_dir, "best.pt"), model)  # also right for a best found before a resume
     elif best_weights is not None:
         model.load_state_dict(best_weights)
@@ -493,6 +517,8 @@ def _check_config(cfg: TrainConfig, eval_fn) -> None:
         raise ValueError("TrainConfig needs max_steps or epochs: set one of them")
     if cfg.decay not in ("linear", "cosine"):
         raise ValueError(f"decay={cfg.decay!r}: use 'linear' or 'cosine'")
+    if cfg.parallel not in ("ddp", "fsdp"):
+        raise ValueError(f"parallel={cfg.parallel!r}: use 'ddp' (a copy of the model per process) or 'fsdp' (sharded)")
     if cfg.mode not in ("min", "max"):
         raise ValueError(f"mode={cfg.mode!r}: use 'min' for a loss or 'max' for an accuracy")
     if cfg.patience is not None and eval_fn is None:
