@@ -266,3 +266,28 @@ def test_sharded_bin_checkpoint_through_the_hub(server, tmp_path):
     with torch.no_grad():
         assert (model(x) - ref(x).logits).abs().max() < 1e-4
     assert hub.cached_file_path("someone/sharded", "pytorch_model-00002-of-00002.bin").is_file()
+
+
+def test_llama_from_pretrained_through_the_hub_sharded_safetensors(server, tmp_path):
+    """A Qwen2 (Llama with q/k/v biases) saved in safetensors shards: index first, then each shard, then the cache."""
+    transformers = pytest.importorskip("transformers")
+    from nanoft import Llama
+    cfg = transformers.Qwen2Config(vocab_size=100, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    ref = transformers.Qwen2ForCausalLM(cfg).eval()
+    ref.save_pretrained(tmp_path / "export", max_shard_size="20KB")
+    files = sorted(p.name for p in (tmp_path / "export").iterdir())
+    assert "model.safetensors.index.json" in files and sum(f.endswith(".safetensors") for f in files) > 1
+    for name in files:
+        publish(server, "someone/tiny-qwen2", name, (tmp_path / "export" / name).read_bytes())
+
+    model = Llama.from_pretrained("someone/tiny-qwen2")
+    x = torch.randint(0, 100, (2, 16))
+    with torch.no_grad():
+        assert (model(x)[0] - ref(x).logits).abs().max() < 1e-4
+    fetched = {r["path"].rsplit("/", 1)[1] for r in server.log}
+    assert {"config.json", "model.safetensors.index.json"} <= fetched and all(
+        name in fetched for name in files if name.endswith(".safetensors"))
+    n = len(server.log)
+    Llama.from_pretrained("someone/tiny-qwen2", offline=True)  # from the cache, even offline
+    assert len(server.log) == n

