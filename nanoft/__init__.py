@@ -26,13 +26,15 @@ from nanoft.models.lstm import LSTMLM, LSTMConfig
 from nanoft.training.freeze import freeze_encoder, train_last_blocks, train_only
 from nanoft.training.run_files import load_checkpoint, plot_log
 from nanoft.training.train import TrainConfig, TrainResult, seed_everything, train
-from nanoft.quant.lora import (add_lora, load_adapter, merge_and_unload, merge_lora, save_adapter,
+from nanoft.quant.lora import (add_lora, load_adapter, lora_disabled, merge_and_unload, merge_lora, save_adapter,
                                trainable_parameters, unmerge_lora)
 from nanoft.quant.qat import convert_qat, prepare_qat
 from nanoft.quant.quantize import load_quantized, model_nbytes, quantize_model
 from nanoft.data.datasets import dataset_path, read_sst2, read_text
 from nanoft.data.metrics import accuracy, perplexity
 from nanoft.data.squad import squad_evaluate
+from nanoft.data.instructions import chat_messages, load_instructions, load_preferences, prompt_messages
+from nanoft.data.generation_metrics import distinct_n, mean_rouge_l, rouge_l, seq_rep_n
 from nanoft.recipes.classification import (evaluate_accuracy, fine_tune_classifier, fine_tune_frozen, load_sst2,
                                            sentence_classifier)
 from nanoft.recipes.extractive_qa import evaluate_qa, fine_tune_qa, load_squad, span_model
@@ -40,6 +42,11 @@ from nanoft.recipes.mlm import continue_pretraining
 from nanoft.recipes.mixing import fine_tune_multitask
 from nanoft.recipes.causal_lm import evaluate_perplexity, fine_tune_lm
 from nanoft.recipes.small_gpt2 import PretrainConfig, load_pretrained_gpt2, pretrain_small_gpt2
+from nanoft.recipes.instruction_tuning import (fine_tune_sft, generate_responses, prepare_for_tuning,
+                                               response_perplexity, sft_features)
+from nanoft.recipes.dpo import (dpo_loss, evaluate_preferences, fine_tune_dpo, preference_features,
+                                with_reference_logps)
+from nanoft.recipes.unlikelihood import fine_tune_unlikelihood
 
 __all__ = [
     "minilm_dir", "Tokenizer", "add_special_tokens", "load_bert_tokenizer", "load_gpt2_tokenizer",
@@ -55,4 +62,9 @@ __all__ = [
     "sentence_classifier", "load_sst2", "fine_tune_classifier", "fine_tune_frozen", "evaluate_accuracy",
     "span_model", "load_squad", "fine_tune_qa", "evaluate_qa", "continue_pretraining", "fine_tune_multitask",
     "fine_tune_lm", "evaluate_perplexity", "PretrainConfig", "load_pretrained_gpt2", "pretrain_small_gpt2",
+    "lora_disabled", "chat_messages", "load_instructions", "load_preferences", "prompt_messages",
+    "distinct_n", "mean_rouge_l", "rouge_l", "seq_rep_n",
+    "fine_tune_sft", "generate_responses", "prepare_for_tuning", "response_perplexity", "sft_features",
+    "dpo_loss", "evaluate_preferences", "fine_tune_dpo", "preference_features", "with_reference_logps",
+    "fine_tune_unlikelihood",
 ]
