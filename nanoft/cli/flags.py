@@ -182,8 +182,10 @@ class ChapterParser(argparse.ArgumentParser):
         if ns.smoke and "recipe" in given:
             self.error(f"--smoke and --recipe {ns.recipe} contradict each other: --smoke is its own tiny size; "
                        "give one of them")
-        column = len(self.recipes) if ns.smoke else self.recipes.index(getattr(ns, "recipe", self.recipes[0])) \
-            if self.recipes else None
+        if ns.smoke:  # the sizes' last column, then the script's own smoke values
+            column = len(self.recipes)
+        else:
+            column = self.recipes.index(getattr(ns, "recipe", self.recipes[0])) if self.recipes else 0
         values = {flag[2:].replace("-", "_"): kind(str(v[column])) for flag, kind, _, *v in self.sizes}
         for dest, value in {**values, **(self.smoke if ns.smoke else {})}.items():
             if dest not in given:
