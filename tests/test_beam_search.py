@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 
 from nanoft import GPT2, LSTMLM, Llama, LSTMConfig
-from nanoft.models.sampling import ban_repeated_ngrams, generate
+from nanoft.models.kv_cache import KVCache
+from nanoft.models.sampling import ban_repeated_ngrams, beam_search, generate
 
 transformers = pytest.importorskip("transformers")
 from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor  # noqa: E402
@@ -102,6 +103,24 @@ def test_greedy_with_no_repeat_ngram_equals_transformers(gpt2_pair, llama_pair, 
     x = prompts(1000)[1]
     plain = gpt2_pair[0].generate(x, 30, do_sample=False)
     assert not torch.equal(plain, gpt2_pair[0].generate(x, 30, do_sample=False, no_repeat_ngram_size=2))
+
+
+def test_length_penalty_equals_transformers(gpt2_pair):
+    """sampling.beam_search's length_penalty (models use transformers' default, 1.0): 0 ranks endings by their sum,
+    2 favours long ones."""
+    model, hf = gpt2_pair
+
+    def next_logits(ids, cache):
+        cache = cache or KVCache()
+        return model(ids[:, cache.length:], kv_cache=cache, last_only=True)[0][:, -1], cache
+    for x in prompts(1000)[1:3]:
+        eos = int(beam_search(next_logits, x, 20, 4)[0, x.size(1) + 3])
+        lengths = set()
+        for penalty in (0.0, 2.0):
+            ours = beam_search(next_logits, x, 20, 4, eos, length_penalty=penalty)
+            assert torch.equal(ours, hf_generate(hf, x, 20, eos=eos, num_beams=4, length_penalty=penalty))
+            lengths.add(ours.size(1))
+        assert len(lengths) == 2  # the penalty changed which hypothesis won
 
 
 def test_beam_search_follows_the_beams_with_or_without_the_cache(gpt2_pair, llama_pair):

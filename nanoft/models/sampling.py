@@ -152,6 +152,7 @@ class Finished:
             self.done = True
 
 
+@torch.no_grad()
 def beam_search(next_logits, input_ids, max_new_tokens, num_beams, eos_token_id=None, no_repeat_ngram_size=0,
                 length_penalty=1.0):
     """The most likely continuation of each row of input_ids (B, T) found with num_beams beams -> (B, T + n_new),
