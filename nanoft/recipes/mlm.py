@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from nanoft.training.batching import Collate
 from nanoft.training.device import to_device
+from nanoft.training.freeze import train_only
 from nanoft.training.train import TrainConfig, train
 
 
@@ -124,9 +125,9 @@ def continue_pretraining(model, train_ids, val_ids, tokenizer, cfg: TrainConfig,
     before = masked_lm_eval_loss(model, val_batches)
     head = None
     if head_steps:
-        model.bert.requires_grad_(False)  # the head alone (the decoder weight is the word embedding: frozen too)
+        train_only(model, [model.mlm_head])  # its decoder weight is the word embedding: frozen with the encoder
         head = train(model, train_ids, masked_lm_loss, _steps(cfg, head_steps), collate_fn=collate)
-        model.bert.requires_grad_(True)
+        model.requires_grad_(True)
     result = train(model, train_ids, masked_lm_loss, cfg, collate_fn=collate)
     if head is not None:
         result = replace(result, step=head.step + result.step, history=head.history + result.history)
