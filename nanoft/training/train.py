@@ -142,13 +142,7 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, cfg: TrainConfi
         os.makedirs(out, exist_ok=True)
     seed_everything(cfg.seed + hw.rank)  # rank 0 matches a 1-process run; other ranks draw other dropout masks
 
-    if cfg.parallel == "fsdp" and hw.world > 1:  # before the optimizer: sharding makes new parameters
-        fsdp.shard_model(model, hw.device, resolve_precision(cfg.precision, hw.device)[0])
-    else:
-        model.to(hw.device)
-    model.train()
-    if cfg.gradient_checkpointing:
-        _enable_gradient_checkpointing(model)
+    _place(model, cfg, hw)
     opt = _build_optimization(model, cfg, hw)
     run = _resume(cfg, hw, model, opt, plan)
     runner = _wrap(model, cfg, hw)
@@ -208,6 +202,17 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, cfg: TrainConfi
 
 
 # ----------------------------------------------------------------------------- the steps of train()
+
+
+def _place(model, cfg: TrainConfig, hw: Hardware) -> None:
+    """The model on its device (or sharded over the processes with FSDP), in training mode."""
+    if cfg.parallel == "fsdp" and hw.world > 1:  # before the optimizer: sharding makes new parameters
+        fsdp.shard_model(model, hw.device, resolve_precision(cfg.precision, hw.device)[0])
+    else:
+        model.to(hw.device)
+    model.train()
+    if cfg.gradient_checkpointing:
+        _enable_gradient_checkpointing(model)
 
 
 def _build_optimization(model, cfg: TrainConfig, hw: Hardware) -> Optimization:
