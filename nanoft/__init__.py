@@ -4,7 +4,7 @@ The package is in floors, each a folder, and each file imports only from the flo
 
     nanoft/io/        files, safetensors and .bin weights, the hub, Hugging Face folders, tokenizers, assets
     nanoft/models/    GPT-2, BERT, Llama, the LSTM baseline, task heads, attention, decoding
-    nanoft/training/  the training loop, the optimizer and schedule, device and precision, batching, run files
+    nanoft/training/  the training loop, the optimizer and schedule, device and precision, batching, run files, FSDP2
     nanoft/quant/     LoRA, NF4, int8, quantized loading, quantization-aware training
     nanoft/data/      the data sets (where each comes from, the readers) and the metrics
     nanoft/recipes/   one file per kind of task: what you call to fine-tune your own model on your own data
@@ -24,6 +24,7 @@ from nanoft.models.llama import Llama, LlamaConfig
 from nanoft.models.heads import ClassificationHead, MultiTaskModel, SpanHead, classification_loss, span_loss
 from nanoft.models.lstm import LSTMLM, LSTMConfig
 from nanoft.training.freeze import freeze_encoder, train_last_blocks, train_only
+from nanoft.training.fsdp import load_sharded_weights
 from nanoft.training.run_files import load_checkpoint, plot_log
 from nanoft.training.train import TrainConfig, TrainResult, seed_everything, train
 from nanoft.quant.lora import (add_lora, load_adapter, lora_disabled, merge_and_unload, merge_lora, save_adapter,
@@ -55,7 +56,7 @@ __all__ = [
     "LSTMLM", "LSTMConfig",
     "ClassificationHead", "SpanHead", "MultiTaskModel", "classification_loss", "span_loss", "freeze_encoder",
     "TrainConfig", "TrainResult", "train", "seed_everything", "load_checkpoint", "plot_log", "train_only",
-    "train_last_blocks",
+    "train_last_blocks", "load_sharded_weights",
     "add_lora", "save_adapter", "load_adapter", "merge_lora", "unmerge_lora", "merge_and_unload",
     "trainable_parameters", "prepare_qat", "convert_qat", "load_quantized", "model_nbytes", "quantize_model",
     "dataset_path", "read_sst2", "read_text", "accuracy", "perplexity", "squad_evaluate",

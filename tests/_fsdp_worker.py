@@ -55,7 +55,8 @@ def sft_dataset(n=48):
         ids = torch.cat([prompt, answer])  # SEQ + 1 tokens: inputs are the first SEQ, targets the last SEQ
         labels = ids[1:].clone()
         labels[:PROMPT - 1] = -100  # the prompt is given, not learnt: the first target is the answer's first token
-        examples.append({"input_ids": ids[:-1], "labels": labels})
+        # num_tokens: what TrainConfig(loss_sum=True) divides the step's summed loss by (the labelled tokens)
+        examples.append({"input_ids": ids[:-1], "labels": labels, "num_tokens": (labels != -100).sum()})
     return examples
 
 
@@ -72,6 +73,8 @@ def main(argv=None):
     ap.add_argument("--resume", action="store_true")
     # evaluations: val_loss with mode="max", so that the best is the first one and restore_best has to bring it back
     ap.add_argument("--eval-every", type=int, default=0)
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--loss-sum", action="store_true", help="the SFT recipe's summed loss")
     args = ap.parse_args(argv)
 
     model = tiny_lm(args.adapters)
@@ -82,13 +85,17 @@ def main(argv=None):
         calls += 1
         if calls == args.kill_at_call and rank == 1:
             os.kill(os.getpid(), signal.SIGKILL)
+        if args.loss_sum:
+            logits = m(batch["input_ids"])[0]
+            return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), reduction="sum")
         return m(batch["input_ids"], targets=batch["labels"])[1]
 
     cfg = TrainConfig(lr=1e-2, weight_decay=0.1, warmup_steps=2, max_steps=args.max_steps, min_lr_ratio=0.1,
                       batch_size=args.batch_size, grad_accum_steps=args.accum, grad_clip=0.5, device="cpu",
-                      precision="fp32", out_dir=args.out_dir, checkpoint_every=args.checkpoint_every,
+                      precision=args.precision, out_dir=args.out_dir, checkpoint_every=args.checkpoint_every,
                       resume=args.resume, log_every=1, progress=False, seed=7, parallel=args.parallel,
-                      eval_every=args.eval_every, metric="val_loss", mode="max", restore_best=args.eval_every > 0)
+                      eval_every=args.eval_every, metric="val_loss", mode="max", restore_best=args.eval_every > 0,
+                      loss_sum=args.loss_sum)
     held_out = sft_dataset(56)[48:]  # 8 examples after the training ones
 
     def eval_fn(m):

@@ -37,7 +37,8 @@ def two_processes(out, *args, check=True):
     return codes
 
 
-EVAL = {"none": ["--eval-every", 5], "lora": [], "qlora": []}  # full fine-tuning also evaluates and restores the best
+# full fine-tuning also evaluates and restores the best; LoRA takes the SFT recipe's summed loss (loss_sum=True)
+EXTRA = {"none": ["--eval-every", 5], "lora": ["--loss-sum"], "qlora": []}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def fsdp_run(tmp_path_factory):
     def get(adapters):
         if adapters not in runs:
             runs[adapters] = tmp_path_factory.mktemp(f"fsdp_{adapters}")
-            two_processes(runs[adapters], "--adapters", adapters, *EVAL[adapters])
+            two_processes(runs[adapters], "--adapters", adapters, *EXTRA[adapters])
         return runs[adapters]
     return get
 
@@ -56,7 +57,7 @@ def fsdp_run(tmp_path_factory):
 @pytest.mark.parametrize("adapters", ["none", "lora", "qlora"])
 def test_fsdp_two_processes_equal_one_process(tmp_path, fsdp_run, adapters):
     two = fsdp_run(adapters)
-    ref = one_process(tmp_path, "--adapters", adapters, *EVAL[adapters])
+    ref = one_process(tmp_path, "--adapters", adapters, *EXTRA[adapters])
     # the same loss at each of the 20 steps (the logged loss is the mean over both processes)
     la, lb = read_log(tmp_path / "log.jsonl"), read_log(two / "log.jsonl")
     train_a, train_b = ([r for r in log if r["type"] == "train"] for log in (la, lb))
@@ -98,7 +99,7 @@ def test_fsdp_sigkill_then_resume_is_bitwise_identical(tmp_path, fsdp_run):
     uninterrupted = fsdp_run("none")
     killed = tmp_path / "killed"
     # rank 1 kills itself in the 19th loss call, the first micro-batch of step 10; the last checkpoint is step 8
-    args = ["--checkpoint-every", 4, *EVAL["none"]]
+    args = ["--checkpoint-every", 4, *EXTRA["none"]]
     codes = two_processes(killed, *args, "--kill-at-call", 19, check=False)
     assert codes[1] == -9 and codes[0] != 0, codes  # rank 0 then fails in its next collective or is killed
     assert torch.load(killed / "checkpoint" / "train_state.pt", weights_only=True)["step"] == 8
@@ -122,6 +123,16 @@ def _tensors(tree, prefix=""):
             yield from _tensors(v, f"{prefix}{k}.")
         elif torch.is_tensor(v):
             yield prefix + str(k), v
+
+
+def test_fsdp_bf16_mixed_precision_tracks_one_process_autocast(tmp_path):
+    # bf16: FSDP2 gathers the weights in bf16 and reduce-scatters fp32 gradients (MixedPrecisionPolicy); one
+    # process autocasts fp32 weights. Both round the same products to bf16, so the losses agree to bf16's precision
+    one_process(tmp_path / "one", "--precision", "bf16")
+    two_processes(tmp_path / "two", "--precision", "bf16")
+    la, lb = (read_log(tmp_path / d / "log.jsonl") for d in ("one", "two"))
+    assert [r["loss"] for r in lb] == pytest.approx([r["loss"] for r in la], abs=5e-3)
+    assert la[-1]["loss"] < la[0]["loss"] - 1.0
 
 
 def test_sharded_checkpoint_exports_to_transformers_and_peft(tmp_path, fsdp_run):
