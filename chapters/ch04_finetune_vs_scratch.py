@@ -147,6 +147,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
+    data = dataset_path("tiny_shakespeare/input.txt", args.data_dir)  # found (or refused) before any pretraining
 
     # 1. The pretrained GPT-2 and its tokenizer
     pretrain = PretrainConfig.tiny() if args.smoke else PretrainConfig()
@@ -174,7 +175,6 @@ def main(argv=None):
               f"{tok.vocab_size:,} rows (new rows = mean of the old rows: {is_mean})")
 
     # 3. The task data: Tiny Shakespeare, one task example per speech, wrapped in the task tokens
-    data = dataset_path("tiny_shakespeare/input.txt", args.data_dir)
     speeches = split_examples(read_text(data.path))
     task = task_blocks(speeches, tok, args.block_size, args.val_fraction, not args.no_task_tokens, args.train_tokens)
     print(f"Task corpus: {data.path}{'  (SAMPLE: Tiny Shakespeare was not found)' if data.is_sample else ''}")
