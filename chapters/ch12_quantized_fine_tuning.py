@@ -226,6 +226,8 @@ def qat(task, args, done):
     return [row(task, f"QAT {args.qat_kind}, converted", convert_qat(model).eval(), fitted)]
 
 
+LEGEND = ("quality: SST-2 dev accuracy (higher is better), Tiny Shakespeare validation perplexity (lower is better); "
+          "train state: weights + gradients + Adam moments (counted); peak CUDA: measured on a GPU only")
 COLUMNS = [("task", "task", "{}"), ("method", "method", "{}"), ("quality", "metric", "{}"),
            ("trainable", "trainable", "{:,}"), ("model MiB", "mib", "{:.1f}"), ("train state MiB", "state_mib", "{:.1f}"),
            ("peak CUDA MiB", "peak_mib", "{:.0f}"), ("s / step", "s_per_step", "{:.3f}")]
@@ -247,10 +249,8 @@ def main(argv=None):
         done = {}  # the fully fine-tuned model, for PTQ
         for m in methods:  # each method's rows are on disk as soon as it finishes
             results.add(f"{name}_{m}", runs[m](task, args, done), sample=is_sample)
-    results.finish(COLUMNS, label_key="method", value_key="value", group_key="task",
+    results.finish(COLUMNS, LEGEND, label_key="method", value_key="value", group_key="task",
                    title="Chapter 12: SST-2 dev accuracy (%), Tiny Shakespeare validation perplexity")
-    print("quality: SST-2 dev accuracy (higher is better), Tiny Shakespeare validation perplexity (lower is better); "
-          "train state: weights + gradients + Adam moments (counted); peak CUDA: measured on a GPU only")
     return results.rows
 
 

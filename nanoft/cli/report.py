@@ -105,10 +105,13 @@ class Results:
                    os.path.join(self.out_dir, f"{self.stem}.json"))
         return rows
 
-    def finish(self, columns, **plot):
-        """The table (with a SMOKE / SAMPLE note above it), the plot (titled likewise), and what was written."""
+    def finish(self, columns, legend=None, **plot):
+        """The table (with a SMOKE / SAMPLE note above it and the legend below), the plot (titled likewise), and what
+        was written."""
         notes = [n for n, on in ((SMOKE_NOTE, self.smoke), (SAMPLE_NOTE, self.sample)) if on]
         print_table(self.rows, columns, note="\n".join(notes) or None)
+        if legend:
+            print(legend)
         if label(self.smoke, self.sample):
             plot["title"] = plot.get("title", "") + f" - {label(self.smoke, self.sample)}"
         png = plot_rows(self.rows, path=os.path.join(self.out_dir, f"{self.stem}.png"), **plot)
