@@ -74,6 +74,7 @@ def main(argv=None):
     # evaluations: val_loss with mode="max", so that the best is the first one and restore_best has to bring it back
     ap.add_argument("--eval-every", type=int, default=0)
     ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--loss-sum", action="store_true", help="the SFT recipe's summed loss")
     args = ap.parse_args(argv)
 
@@ -95,7 +96,7 @@ def main(argv=None):
                       precision=args.precision, out_dir=args.out_dir, checkpoint_every=args.checkpoint_every,
                       resume=args.resume, log_every=1, progress=False, seed=7, parallel=args.parallel,
                       eval_every=args.eval_every, metric="val_loss", mode="max", restore_best=args.eval_every > 0,
-                      loss_sum=args.loss_sum)
+                      loss_sum=args.loss_sum, gradient_checkpointing=args.gradient_checkpointing)
     held_out = sft_dataset(56)[48:]  # 8 examples after the training ones
 
     def eval_fn(m):

@@ -37,8 +37,9 @@ def two_processes(out, *args, check=True):
     return codes
 
 
-# full fine-tuning also evaluates and restores the best; LoRA takes the SFT recipe's summed loss (loss_sum=True)
-EXTRA = {"none": ["--eval-every", 5], "lora": ["--loss-sum"], "qlora": []}
+# full fine-tuning also evaluates and restores the best; LoRA takes the SFT recipe's summed loss (loss_sum=True);
+# QLoRA recomputes the blocks in backward (gradient checkpointing: FSDP2 gathers each block's weights again)
+EXTRA = {"none": ["--eval-every", 5], "lora": ["--loss-sum"], "qlora": ["--gradient-checkpointing"]}
 
 
 @pytest.fixture(scope="module")
