@@ -2,6 +2,7 @@
 
     python bench/bench_fsdp.py          # 1 process, then DDP and FSDP2 on 2: 3 steps of 2 x 256 tokens each
     python bench/bench_fsdp.py --steps 2 --seq 128 --runs fsdp
+    python bench/bench_fsdp.py --method qlora     # adapters on an NF4 base: the peaks only (the formula is for full)
 
 Each process loads SmolLM2-135M-Instruct (Llama.from_gguf(smollm2_gguf()), fp32), resets the kernel's peak-RSS
 counter (/proc/self/clear_refs), trains `steps` AdamW steps through nanoft.train with TrainConfig(parallel=...),
@@ -31,7 +32,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a clone without installing
 
-from nanoft import Llama, TrainConfig, smollm2_gguf, train  # noqa: E402
+from nanoft import Llama, TrainConfig, prepare_for_tuning, smollm2_gguf, train  # noqa: E402
 
 MB = 2 ** 20
 
@@ -54,6 +55,7 @@ def worker(args):
     n_params = model.num_parameters()
     block = sum(p.numel() for p in model.model.layers[0].parameters())
     root = n_params - block * model.config.num_hidden_layers  # the embedding (tied head) and the final norm
+    prepare_for_tuning(model, args.method)  # "full": everything trains; "lora" / "qlora": adapters (r 16, every linear)
     g = torch.Generator().manual_seed(rank)
     data = []
     for _ in range(args.batch_size * args.steps * int(os.environ.get("WORLD_SIZE", "1"))):
@@ -76,7 +78,8 @@ def worker(args):
 def run(kind, args, out):
     """kind: "one" (a plain process), "ddp" or "fsdp" (2 processes under torchrun). -> the records of its ranks."""
     cmd = [__file__, "--worker", "--out", str(out), "--parallel", "ddp" if kind == "one" else kind,
-           "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--seq", str(args.seq)]
+           "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--seq", str(args.seq),
+           "--method", args.method]
     launcher = [sys.executable] if kind == "one" else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
     # glibc serves every block of 64 KiB or more with its own mmap and unmaps it when freed (a fixed threshold also
@@ -94,6 +97,7 @@ def main():
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--runs", default="one,ddp,fsdp")
+    ap.add_argument("--method", default="full", choices=["full", "lora", "qlora"])
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--parallel", default="ddp", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -107,6 +111,13 @@ def main():
             out = Path(tmp, kind)
             out.mkdir()
             results[kind] = run(kind, args, out)
+    if args.method != "full":
+        print(f"\nSmolLM2-135M, {args.method} (r 16 on every block linear); {args.batch_size} x {args.seq} tokens per "
+              f"process per step, {args.steps} steps, fp32, 1 thread each. Peak resident MiB over the runtime:")
+        for kind, records in results.items():
+            print(f"{kind:<6}" + "".join(f"  rank {r['rank']}: {(r['peak'] - r['runtime']) / MB:,.0f}"
+                                         for r in records))
+        return
     first = results[next(iter(results))][0]
     P = first["params"]
     state = 16 * P  # fp32 weights + gradients + AdamW's two moments

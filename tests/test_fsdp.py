@@ -27,7 +27,7 @@ def one_process(out, *args):
         _fsdp_worker.main([str(out), "--parallel", "ddp", "--batch-size", "4", *map(str, args)])
     finally:
         torch.set_num_threads(threads)
-    return torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+    return torch.load(out / "checkpoint.pt", weights_only=True)["model"] if (out / "checkpoint.pt").exists() else None
 
 
 def two_processes(out, *args, check=True):
@@ -162,6 +162,17 @@ def test_sharded_checkpoint_exports_to_transformers_and_peft(tmp_path, fsdp_run)
         merge_and_unload(model).save_pretrained(tmp_path / "merged")
         merged = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "merged").eval()
         torch.testing.assert_close(merged(ids).logits, ours, atol=1e-5, rtol=0)
+
+
+def test_fsdp_on_one_process_is_the_plain_loop_with_a_sharded_checkpoint(tmp_path):
+    plain = one_process(tmp_path / "plain", "--max-steps", 6)
+    one_process(tmp_path / "fsdp", "--max-steps", 6, "--parallel", "fsdp")  # (the later --parallel wins)
+    assert not (tmp_path / "fsdp" / "checkpoint.pt").exists()
+    got = load_sharded_weights(tiny_lm(), tmp_path / "fsdp" / "checkpoint").state_dict()
+    assert all(torch.equal(got[k], plain[k]) for k in plain)
+    # resume reads the folder's train_state: another batch size is refused, as for checkpoint.pt
+    with pytest.raises(ValueError, match="written with batch_size=4 on 1 process"):
+        one_process(tmp_path / "fsdp", "--max-steps", 6, "--parallel", "fsdp", "--resume", "--batch-size", 2)
 
 
 def test_fsdp_shards_the_blocks_then_the_root_and_refuses_what_it_cannot(monkeypatch):

@@ -142,7 +142,8 @@ def save_sharded(out_dir: str, model: nn.Module, optimizer, train_state: dict) -
     _barrier()  # nobody writes into checkpoint.tmp before rank 0 has emptied it
     model_sd, optim_sd = get_state_dict(model, optimizer)  # DTensor shards, named as the plain model names them
     # returns once rank 0 wrote the index; one process without torchrun (parallel="fsdp" on 1) writes it all
-    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp, no_dist=not dist.is_initialized())
+    with _one_process_is_fine():
+        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp, no_dist=not dist.is_initialized())
     if rank == 0:
         torch.save(train_state, os.path.join(tmp, TRAIN_STATE))  # last: its presence marks a whole checkpoint
         if os.path.exists(final):
@@ -160,7 +161,8 @@ def load_sharded(folder: str, model: nn.Module, optimizer) -> dict:
     as when it was written gives the same shards, hence an exact resume (DCP would also reshard to another number)."""
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optimizer": optim_sd}
-    dcp.load(state, checkpoint_id=folder, no_dist=not dist.is_initialized())  # in place, into the tensors of `state`
+    with _one_process_is_fine():
+        dcp.load(state, checkpoint_id=folder, no_dist=not dist.is_initialized())  # in place, into `state`'s tensors
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     return torch.load(os.path.join(folder, TRAIN_STATE), map_location="cpu", weights_only=True)
 
@@ -174,8 +176,7 @@ def load_sharded_weights(model: nn.Module, folder: str) -> nn.Module:
         raise ValueError("load_sharded_weights loads into a plain model in one process; a sharded model resumes "
                          "with load_sharded(folder, model, optimizer) on every process")
     state = {"model": model.state_dict()}
-    with warnings.catch_warnings():  # DCP says it assumes one process: that is the point here
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+    with _one_process_is_fine():
         dcp.load(state, checkpoint_id=folder, no_dist=True)  # every shard of every tensor, from the files
     model.load_state_dict(state["model"])
     return model
@@ -190,6 +191,14 @@ def load_full_state_dict(model: nn.Module, state_dict: dict) -> None:
     """Every process calls it; rank 0 passes the whole weights (e.g. read from best.pt), the others {}: rank 0
     broadcasts them and each process keeps its own shards."""
     set_model_state_dict(model, state_dict, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+
+@contextmanager
+def _one_process_is_fine():
+    """Without a process group DCP warns that it assumes one process: here that is what we mean."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def _barrier():
