@@ -264,7 +264,8 @@ def run_main(main, argv=None, name=None, memory="--batch-size"):
             raise
         saved = saved_so_far()
         kept = f"kept {', '.join(saved)}" if saved else "nothing was saved (no part of the run had finished)"
-        print(f"\n{name}: interrupted (Ctrl-C): {kept}", file=sys.stderr)
+        start = "\n" if sys.stderr.isatty() else ""  # on a terminal, after the "^C" and any progress bar
+        print(f"{start}{name}: interrupted (Ctrl-C): {kept}", file=sys.stderr)
         raise SystemExit(130) from None
     except (ValueError, OSError, RuntimeError, MemoryError) as e:
         if debug or not (isinstance(e, (ValueError, OSError)) or _out_of_memory(e)):
