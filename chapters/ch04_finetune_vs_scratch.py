@@ -89,7 +89,7 @@ def build_parser():
                    help="no [TASK_START]/[TASK_END]: the speeches as plain text, a blank line apart, for both models")
     g.add_argument("--train-last-blocks", type=nonneg_int, default=None, metavar="K",
                    help="fine-tune only GPT-2's last K blocks and its final LayerNorm (0: ln_f alone); the embeddings "
-                        "(tied to the output layer) and the other blocks stay frozen (None: all of GPT-2 is fine-tuned)")
+                        "(tied to the output layer) and the other blocks stay frozen (None: all of GPT-2 trains)")
     g.add_argument("--train-tokens", type=nonneg_int, default=0, metavar="N",
                    help="train on only the first N training tokens (both models; validation unchanged; 0 = all)")
     g.add_argument("--skip-lstm", action="store_true", help="fine-tune GPT-2 only and stop there")

@@ -39,7 +39,8 @@ def test_an_unknown_flag_is_named_with_the_closest_real_one(module, name, typo, 
     with pytest.raises(SystemExit) as e:
         module.main([typo, "8"])  # "8" must not be read as a positional (chapter 13's method)
     assert e.value.code == 2
-    assert one_line(capsys) == f"{name}: {typo} is not a flag of this script; did you mean {flag}? (--help lists the flags)"
+    assert one_line(capsys) == f"{name}: {typo} is not a flag of this script; did you mean {flag}? " \
+        "(--help lists the flags)"
 
 
 @pytest.mark.parametrize("module", SOLUTIONS, ids=[m.__name__.split(".")[-1] for m in SOLUTIONS])

@@ -15,8 +15,8 @@ from nanoft.cli.report import check_out_dir
 # --smoke: tiny sizes and a toy pretrained GPT-2 (its numbers mean nothing); flags given still win
 SMOKE = dict(block_size=32, batch_size=4, max_steps=4, eval_every=2, warmup_steps=1, val_fraction=0.002,
              lstm_emb=16, lstm_hidden=16, no_progress=True)
-EPILOG = """The flags below the exercise's own are chapters/ch04_finetune_vs_scratch.py's, with its defaults. The table's
-JSON is rewritten in OUT_DIR after every run of the exercise, so that a Ctrl-C keeps the runs that had finished."""
+EPILOG = """The flags below the exercise's own are chapters/ch04_finetune_vs_scratch.py's, with its defaults.
+The table's JSON is rewritten in OUT_DIR after every run of the exercise: a Ctrl-C keeps the runs that finished."""
 
 
 def chapter4_parser(name, doc, defaults=None):

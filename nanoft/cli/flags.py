@@ -5,7 +5,7 @@ that refuse impossible values, and one line per user error instead of a tracebac
     p.add_argument("--steps", type=positive_int, default=100)   # 0, -1 or "abc": "ch13: --steps: 0 is not allowed..."
     p.add_argument("--lrs", type=float_list, default="5e-5,1e-4")
     add_io_flags(p, "runs/ch13"); add_run_flags(p)             # --model --data-dir --out-dir; --device ... --seed
-    args = p.parse_args(argv)                                   # "--stepz 3": "unknown flag --stepz; did you mean --steps?"
+    args = p.parse_args(argv)                                   # "--stepz 3": "ch13: --stepz is not a flag ..."
     if __name__ == "__main__":
         run_main(main, name="ch13", memory="--max-len")         # ValueError("...fix...") -> one line, exit 2;
                                                                 # Ctrl-C -> what was saved, exit 130
@@ -221,8 +221,8 @@ def add_run_flags(parser, seed=0):
     r.add_argument("--device", type=device_name, default="auto",
                    help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
     r.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                   help="auto: bf16 autocast on a GPU with bf16 or a CPU with native bf16 (AVX512-BF16, AMX, ARM BF16), "
-                        "else fp32; weights, gradients and AdamW stay fp32")
+                   help="auto: bf16 autocast on a GPU with bf16 or a CPU with native bf16 (AVX512-BF16, AMX, ARM "
+                        "BF16), else fp32; weights, gradients and AdamW stay fp32")
     r.add_argument("--seed", type=nonneg_int, default=seed, help="seed of subsets, weights and head init, data order, "
                    "dropout, sampling")
     r.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads (0 = one per core; 1 is faster "
