@@ -1,0 +1,42 @@
+"""Chapter 14 end to end at its smoke size (the real SmolLM2-135M-Instruct, two steps per method, three test
+records), the PEFT adapter folders it saves, and its flags (every numeric flag refuses impossible values in one line)."""
+import json
+import math
+
+import pytest
+
+from _flags import check_numeric_flags_refuse, smoke_run
+from chapters import ch14_language_generation as ch14
+
+
+@pytest.mark.slow  # 135M parameters, four models measured, three decoders timed: minutes on a busy 2-core machine
+def test_chapter_runs_end_to_end_and_prints_one_table(shared_data_dir, tmp_path, monkeypatch, capsys):
+    rows = smoke_run(ch14.main, [], shared_data_dir, tmp_path, monkeypatch)
+    out = capsys.readouterr().out
+    assert [r["method"] for r in rows] == ["base", "SFT (lora)", "DPO after SFT", "unlikelihood (alpha 1)",
+                                           "decode fp32", "decode bf16", "decode int8 weight-only"]
+    for r in rows[:4]:
+        assert math.isfinite(r["ppl"]) and r["ppl"] > 1 and 0 <= r["rouge"] <= 100 and 0 <= r["pref"] <= 100
+        assert len(r["answers"]) == 3
+    assert rows[0]["trainable"] == 0 and rows[1]["trainable"] > 0 and rows[1]["seconds"] > 0
+    assert all(r["value"] > 0 for r in rows[4:])  # tokens/s
+    assert "SMOKE" in out and "test ppl" in out and "DPO loss 0.693" in out  # log 2 at DPO's first step
+    for method in ("sft", "dpo", "unlikelihood"):
+        config = json.loads((tmp_path / "out" / method / "adapter_config.json").read_text())
+        assert config["peft_type"] == "LORA" and config["r"] == 16
+        assert (tmp_path / "out" / method / "adapter_model.safetensors").is_file()
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["smoke"] is True
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "abc"])
+def test_every_numeric_flag_refuses_impossible_values_in_one_line(bad, capsys):
+    assert check_numeric_flags_refuse(ch14.parse_args, ch14.build_parser(), bad, capsys) >= 10
+
+
+def test_every_flag_is_explained():
+    for action in ch14.build_parser()._actions:
+        assert action.help, f"{action.option_strings} has no help"
+    args = ch14.parse_args([])
+    assert (args.sft_steps, args.batch_size, args.test_records) == (117, 8, 0)  # one epoch of 935, all 110 tested
+    smoke = ch14.parse_args(["--smoke", "--sft-steps", "5"])
+    assert smoke.sft_steps == 5 and smoke.test_records == 3
