@@ -1,7 +1,11 @@
 """Instruction tuning: the label mask against TRL's completion-only mask on the same ChatML records, the loss
 normalised by the response tokens of the whole optimizer step, over-long records, the three methods, and the
 chapter's double-shift bug."""
-import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -125,6 +129,28 @@ def test_token_normalised_accumulation_equals_one_batch():
             assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
         for k, v in runs[4][1].items():
             torch.testing.assert_close(accumulated[1][k], v, rtol=0, atol=1e-5)  # lr 1e-2: a wrong weighting moves ~1e-3
+
+
+def test_ddp_two_processes_equal_one_with_token_normalisation(tmp_path):
+    """torchrun, 2 gloo processes x 2 examples x 2 micro-batches against 1 process x 4 x 2: the processes hold
+    different numbers of response tokens, and the step still divides the summed loss by the global count."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    worker = str(repo / "tests" / "_sft_worker.py")
+    two = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                            worker, str(tmp_path / "two"), "--batch-size", "2"], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    one = subprocess.run([sys.executable, worker, str(tmp_path / "one"), "--batch-size", "4"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    out, _ = two.communicate(timeout=300)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + out
+    a = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == 4 and b["data"]["world_size"] == 2
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=1e-5, msg=k)
+    logs = [[json.loads(line)["loss"] for line in open(tmp_path / run / "log.jsonl")] for run in ("one", "two")]
+    assert logs[0] == pytest.approx(logs[1], abs=1e-6)
 
 
 def test_prepare_for_tuning_methods():
