@@ -347,14 +347,15 @@ def test_smollm2_gguf_logits_and_greedy_tokens_equal_transformers_gguf_loader():
     with torch.no_grad():
         assert (model(SMOLLM2_IDS)[0] - hf(SMOLLM2_IDS).logits).abs().max() < 1e-4
     tok = load_tokenizer(path)
+    eos = tok.eos_token_id  # <|im_end|>: both stop there, as a chat does
     for question in ("What is the capital of France? Answer in one word.",
                      "Rewrite in passive voice: The cat chased the mouse.",
                      "Write a haiku about autumn.", "List three uses of a paperclip.", "What is 17 * 23?"):
         text = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True)
         x = torch.tensor([tok.encode(text, add_special_tokens=False)])
-        ours = model.generate(x, 64, do_sample=False)
-        assert torch.equal(ours, model.generate(x, 64, do_sample=False, use_cache=False))
+        ours = model.generate(x, 64, do_sample=False, eos_token_id=eos)
+        assert torch.equal(ours, model.generate(x, 64, do_sample=False, eos_token_id=eos, use_cache=False))
         with torch.no_grad():
-            ref = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=64, min_new_tokens=64,
-                              do_sample=False, pad_token_id=tok.eos_token_id)
+            ref = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=64, do_sample=False,
+                              eos_token_id=eos, pad_token_id=eos)
         assert torch.equal(ours, ref), question
