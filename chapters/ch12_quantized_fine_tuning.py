@@ -64,10 +64,9 @@ EXAMPLES = """examples:
   python chapters/ch12_quantized_fine_tuning.py --smoke                      # tiny sizes: does it run? (seconds)
   python chapters/ch12_quantized_fine_tuning.py --data-dir ../shared/data    # five methods, two tasks, one table
   python chapters/ch12_quantized_fine_tuning.py qlora --task sst2 --targets attention --data-dir ../shared/data
-writes, as each method finishes on a task: OUT_DIR/results_<task>_<method>.json and OUT_DIR/results.json (every
-row so far, with the flags); at the end OUT_DIR/results.png. Ctrl-C keeps what had finished and says where.
-NANOFT_DEBUG=1 shows tracebacks of user errors."""
-MEMORY = "--batch-size, --max-len, --lm-batch-size or --block-size"
+writes, as each method finishes on a task, OUT_DIR/results_<task>_<method>.json and OUT_DIR/results.json (all
+rows so far, the flags), then OUT_DIR/results.png. Ctrl-C keeps what finished, and says where. NANOFT_DEBUG=1
+shows tracebacks."""
 
 
 def build_parser():
@@ -228,9 +227,9 @@ def qat(task, args, done):
 
 LEGEND = ("quality: SST-2 dev accuracy (higher is better), Tiny Shakespeare validation perplexity (lower is better); "
           "train state: weights + gradients + Adam moments (counted); peak CUDA: measured on a GPU only")
-COLUMNS = [("task", "task", "{}"), ("method", "method", "{}"), ("quality", "metric", "{}"),
-           ("trainable", "trainable", "{:,}"), ("model MiB", "mib", "{:.1f}"), ("train state MiB", "state_mib", "{:.1f}"),
-           ("peak CUDA MiB", "peak_mib", "{:.0f}"), ("s / step", "s_per_step", "{:.3f}")]
+COLUMNS = [("task", "task", "{}"), ("method", "method", "{}"), ("quality", "metric", "{}"), ("trainable", "trainable",
+           "{:,}"), ("model MiB", "mib", "{:.1f}"), ("train state MiB", "state_mib", "{:.1f}"), ("peak CUDA MiB",
+           "peak_mib", "{:.0f}"), ("s / step", "s_per_step", "{:.3f}")]
 
 
 def main(argv=None):
@@ -255,4 +254,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_main(main, name="ch12", memory=MEMORY)
+    run_main(main, name="ch12", memory="--batch-size, --max-len, --lm-batch-size or --block-size")

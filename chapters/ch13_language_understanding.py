@@ -67,10 +67,8 @@ EXAMPLES = """examples:
   python chapters/ch13_language_understanding.py --smoke                      # tiny sizes: does it run? (a minute)
   python chapters/ch13_language_understanding.py --data-dir ../shared/data    # all four methods, one table
   python chapters/ch13_language_understanding.py heads --recipe standard --data-dir ../shared/data
-writes, as each method finishes: OUT_DIR/results_<method>.json and OUT_DIR/results.json (every row so far, with the
-flags); at the end OUT_DIR/results.png. Ctrl-C keeps what had finished and says where. NANOFT_DEBUG=1 shows
-tracebacks of user errors."""
-MEMORY = "--max-len or --squad-len (the batch sizes are the recipe's: 32 sentences, 16 windows)"
+writes, as each method finishes, OUT_DIR/results_<method>.json and OUT_DIR/results.json (all rows so far, the
+flags), then OUT_DIR/results.png. Ctrl-C keeps what finished and says where. NANOFT_DEBUG=1: tracebacks."""
 
 
 def build_parser():
@@ -254,4 +252,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_main(main, name="ch13", memory=MEMORY)
+    run_main(main, name="ch13", memory="--max-len or --squad-len (the batches are 32 sentences, 16 windows)")
