@@ -2,8 +2,10 @@
 records), the PEFT adapter folders it saves, and its flags (every numeric flag refuses impossible values in one line)."""
 import json
 import math
+from pathlib import Path
 
 import pytest
+import torch
 
 from _flags import check_numeric_flags_refuse, smoke_run
 from chapters import ch14_language_generation as ch14
@@ -26,6 +28,30 @@ def test_chapter_runs_end_to_end_and_prints_one_table(shared_data_dir, tmp_path,
         assert config["peft_type"] == "LORA" and config["r"] == 16
         assert (tmp_path / "out" / method / "adapter_model.safetensors").is_file()
     assert json.loads((tmp_path / "out" / "results.json").read_text())["smoke"] is True
+    # the adapters load in PEFT on transformers' LlamaForCausalLM (the GGUF read by transformers) and reproduce
+    # the test perplexity the chapter measured with nanoft
+    from nanoft import load_instructions, load_tokenizer, sft_features, smollm2_gguf
+    features = sft_features(load_instructions()["test"][:3], load_tokenizer(smollm2_gguf())).features
+    for method, row in (("sft", rows[1]), ("dpo", rows[2])):
+        assert peft_perplexity(tmp_path / "out" / method, features) == pytest.approx(row["ppl"], rel=1e-3)
+
+
+def peft_perplexity(adapter, features) -> float:
+    """Response perplexity of features under SmolLM2 in transformers (gguf_file=) with the PEFT adapter folder."""
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM
+    from nanoft import smollm2_gguf
+    gguf = Path(smollm2_gguf())
+    base = LlamaForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, str(adapter)).eval()
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for f in features:
+            logits = model(input_ids=torch.tensor([f["input_ids"]])).logits[0]
+            labels = torch.tensor(f["labels"])
+            nll += torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum").item()
+            count += int((labels != -100).sum())
+    return math.exp(nll / count)
 
 
 @pytest.mark.parametrize("bad", ["0", "-1", "abc"])
