@@ -131,7 +131,8 @@ def test_first_step_loss_is_log_2(reference):
     assert second["loss"] < math.log(2)  # the same 8 pairs again: it learned from the first step
 
 
-def test_dpo_learns_the_preference():
+@pytest.mark.parametrize("average_logps, beta", [(False, 0.5), (True, 5.0)])  # a mean wants a larger beta
+def test_dpo_learns_the_preference(average_logps, beta):
     torch.manual_seed(0)
     model = GPT2(tiny_config())
     reference = copy.deepcopy(model).requires_grad_(False)  # full fine-tuning: a frozen copy
@@ -139,7 +140,10 @@ def test_dpo_learns_the_preference():
     before = evaluate_preferences(model, pairs)
     assert before["reward_accuracy"] == 0.0 and before["reward_margin"] == pytest.approx(0.0, abs=1e-9)
     result = fine_tune_dpo(model, pairs, TrainConfig(lr=3e-3, max_steps=30, batch_size=4, progress=False,
-                                                     precision="fp32"), beta=0.5, pad_id=EOS, sft_weight=0.1)
+                                                     precision="fp32"), beta=beta, pad_id=EOS, sft_weight=0.1,
+                           average_logps=average_logps)
+    assert result.history[-1]["type"] == "dpo" and next(r for r in result.history if r["type"] == "dpo")["loss"] == \
+        pytest.approx(math.log(2), abs=1e-6)
     after = evaluate_preferences(model, pairs, beta=0.5)
     assert after["reward_accuracy"] == 100.0 and after["preference_accuracy"] > before["preference_accuracy"]
     assert after["reward_margin"] > 1.0

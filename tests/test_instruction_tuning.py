@@ -81,6 +81,14 @@ def test_labels_are_the_response_and_its_end(tok, records):
         assert "You are a helpful AI assistant named SmolLM" in prompt  # no system message: the template's default
 
 
+def test_training_on_the_prompt_too(tok, records):
+    masked, everything = sft_features(records, tok).features, sft_features(records, tok, mask_prompt=False).features
+    for m, e in zip(masked, everything):
+        assert m["input_ids"] == e["input_ids"]
+        assert e["labels"] == e["input_ids"][1:] + m["labels"][-1:]  # every next token, the prompt's included
+        assert [t for t in m["labels"] if t != -100] == e["labels"][-len([t for t in m["labels"] if t != -100]):]
+
+
 def test_over_long_records_are_cut_or_dropped(tok, records, capsys):
     full = sft_features(records, tok)
     lengths = [len(f["input_ids"]) for f in full.features]

@@ -124,8 +124,10 @@ def with_reference_logps(reference, pairs, batch_size: int = 8, pad_id: int = 0,
 
 
 def fine_tune_dpo(model, pairs: list, cfg: TrainConfig, beta: float = 0.1, sft_weight: float = 0.0,
-                  pad_id: int = 0, eval_fn=None) -> TrainResult:
+                  pad_id: int = 0, eval_fn=None, average_logps: bool = False) -> TrainResult:
     """Train model on preference pairs with DPO's loss (plus sft_weight x the chosen responses' mean NLL: RPO).
+    average_logps=True uses the mean log-prob per response token instead of the sum, for policy and reference
+    alike: DPO's sums favour the longer answer of a pair (TRL #789); the mean does not, and wants a larger beta.
     The pairs must carry reference log-probs (with_reference_logps). The per-step statistics land in
     result.history as {"type": "dpo", "step", "loss", "reward_accuracy", "reward_margin", "chosen_reward",
     "rejected_reward"} (means over the step's micro-batches)."""
@@ -138,13 +140,18 @@ def fine_tune_dpo(model, pairs: list, cfg: TrainConfig, beta: float = 0.1, sft_w
 
     def loss_fn(m, batch):
         logps = sequence_logps(m, batch["input_ids"], batch["labels"])  # (2B,)
+        ref = batch["ref_logps"].to(logps.dtype)
+        n_chosen = (batch["labels"].chunk(2)[0] != -100).sum()
+        if average_logps:
+            counts = (batch["labels"] != -100).sum(-1)  # (2B,) response tokens of each row
+            logps, ref = logps / counts, ref / counts
         policy_chosen, policy_rejected = logps.chunk(2)
-        ref_chosen, ref_rejected = batch["ref_logps"].to(logps.dtype).chunk(2)
+        ref_chosen, ref_rejected = ref.chunk(2)
         loss, stats = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
         seen.append({"loss": loss.item(), **{k: v.item() for k, v in stats.items()}})
-        if sft_weight:
-            n_chosen = (batch["labels"].chunk(2)[0] != -100).sum()
-            loss = loss + sft_weight * (-policy_chosen.sum() / n_chosen)
+        if sft_weight:  # the chosen answers' NLL per token (their sum of log-probs over their count)
+            chosen_sums = policy_chosen * counts.chunk(2)[0] if average_logps else policy_chosen
+            loss = loss + sft_weight * (-chosen_sums.sum() / n_chosen)
         return loss
 
     result = train(model, pairs, loss_fn, cfg, eval_fn=eval_fn, collate_fn=PairCollate(pad_id))

@@ -85,10 +85,12 @@ class Features:
 
 
 def sft_features(records, tokenizer, max_len: int = 512, overlong: str = "truncate", response_key: str = "output",
-                 end_id: Optional[int] = None, verbose: bool = True) -> Features:
+                 end_id: Optional[int] = None, mask_prompt: bool = True, verbose: bool = True) -> Features:
     """Records -> SFT features (see the module docstring). A sequence longer than max_len is cut to max_len
     (overlong="truncate": its response loses its end, end-of-turn token included) or left out ("drop"); a record
-    whose prompt alone leaves no response token within max_len is always left out. Both are counted and said."""
+    whose prompt alone leaves no response token within max_len is always left out. Both are counted and said.
+    mask_prompt=False trains on the prompt's tokens too (Shi et al., 2024, "Instruction tuning with loss over
+    instructions"); measure with the default, so that perplexities stay those of the responses."""
     if overlong not in ("truncate", "drop"):
         raise ValueError(f"overlong={overlong!r}: use 'truncate' or 'drop'")
     out, end_id = Features([], []), end_of_turn(tokenizer, end_id)
@@ -99,7 +101,7 @@ def sft_features(records, tokenizer, max_len: int = 512, overlong: str = "trunca
                 out.dropped.append(i)
                 continue
             ids, out.truncated = ids[:max_len + 1], out.truncated + 1
-        out.features.append(lm_feature(ids, n_prompt))
+        out.features.append(lm_feature(ids, n_prompt if mask_prompt else 1))
         out.records.append(record)
     if verbose and (out.truncated or out.dropped):
         print(f"nanoft: {out.truncated} of {len(records)} conversations cut to max_len={max_len} tokens and "
