@@ -65,6 +65,10 @@ def build_parser():
     h.add_argument("--beta", type=positive_float, default=0.1, help="DPO's beta: how far from the reference")
     h.add_argument("--rpo", type=nonneg_float, default=0.0, help="weight of the chosen answers' NLL added to DPO "
                    "(RPO; 0 = plain DPO): holds their likelihood up")
+    h.add_argument("--train-on-prompt", action="store_true", help="SFT's loss on the prompt's tokens too (Shi et "
+                   "al., 2024); the measures stay on the responses")
+    h.add_argument("--dpo-mean", action="store_true", help="DPO on the mean log-prob per token instead of the sum "
+                   "(TRL #789; raise --beta with it)")
     h.add_argument("--ul-alpha", type=nonneg_float, default=1.0, help="weight of the unlikelihood penalty")
     h.add_argument("--max-len", type=positive_int, default=256, help="tokens per conversation (longer are cut)")
     add_run_flags(p)
@@ -131,7 +135,7 @@ def sft(d, args):
     print(f"\n# Instruction tuning ({args.tuning}, rank {args.rank}): {args.sft_steps} steps of {args.batch_size} "
           f"records, lr {args.lr:g}, the loss on the response and <|im_end|> only")
     model = tunable(args, d)
-    _, seconds = timed(fine_tune_sft, model, d["train"].features, config(args, args.sft_steps, args.lr),
+    _, seconds = timed(fine_tune_sft, model, d["train_sft"].features, config(args, args.sft_steps, args.lr),
                        pad_id=d["pad"])
     save(model, args, "sft")
     d["sft_model"] = model
@@ -139,6 +143,7 @@ def sft(d, args):
 
 
 def dpo(d, args):
+    rows = []
     if "sft_model" not in d:  # `dpo` alone: the SFT adapter of an earlier run, or SFT first
         folder = Path(args.out_dir) / "sft"
         if args.tuning != "full" and (folder / "adapter_config.json").is_file():
@@ -147,7 +152,7 @@ def dpo(d, args):
                 quantize_model(model, "nf4")
             d["sft_model"] = load_adapter(model, folder)
         else:
-            sft(d, args)
+            rows = sft(d, args)
     model = d["sft_model"]
     print(f"\n# DPO on top of SFT: {args.dpo_steps} steps of {args.batch_size} pairs, lr {args.dpo_lr:g}, beta "
           f"{args.beta:g}{f', RPO weight {args.rpo:g}' if args.rpo else ''}; the reference is the SFT model")
@@ -157,7 +162,7 @@ def dpo(d, args):
     d["test_pairs"] = with_reference_logps(model, d["test_pairs"])
     chosen_before = response_perplexity(model, d["test_chosen"].features)["perplexity"]
     result, seconds = timed(fine_tune_dpo, model, train_pairs, config(args, args.dpo_steps, args.dpo_lr),
-                            beta=args.beta, sft_weight=args.rpo, pad_id=d["pad"])
+                            beta=args.beta, sft_weight=args.rpo, pad_id=d["pad"], average_logps=args.dpo_mean)
     save(model, args, "dpo")
     steps = [r for r in result.history if r["type"] == "dpo"]
     print(f"  DPO loss {steps[0]['loss']:.3f} (log 2 = 0.693) -> {steps[-1]['loss']:.3f}; train reward accuracy "
@@ -167,7 +172,7 @@ def dpo(d, args):
     print(f"  test: reward accuracy {test['reward_accuracy']:.1f}%, margin {test['reward_margin']:.2f}, rewards "
           f"chosen {test['chosen_reward']:.2f} / rejected {test['rejected_reward']:.2f}; perplexity of the chosen "
           f"answers {chosen_before:.2f} -> {chosen_after:.2f}")
-    return [measure("DPO after SFT", model, d, args, seconds,
+    return rows + [measure("DPO after SFT", model, d, args, seconds,
                     dict(reward_acc=test["reward_accuracy"], chosen_ppl=chosen_after))]
 
 
@@ -220,6 +225,8 @@ def main(argv=None):
     data, prefs = load_instructions(args.data_dir), load_preferences(args.data_dir)
     d = dict(base=base, tok=tok, pad=tok.eos_token_id)
     d["train"] = sft_features(first(data["train"], args.train_records), tok, args.max_len)
+    d["train_sft"] = sft_features(first(data["train"], args.train_records), tok, args.max_len, verbose=False,
+                                  mask_prompt=not args.train_on_prompt)
     d["test"] = sft_features(first(data["test"], args.test_records), tok, args.max_len)
     test_prefs = first(prefs["test"], args.test_records)
     d["test_chosen"] = sft_features(test_prefs, tok, args.max_len, response_key="chosen")
@@ -242,10 +249,9 @@ def main(argv=None):
         for r in scored:
             print(f"   {r['method']:>22}: {r['answers'][i]!r}")
     for r in scored:
-        r.update(ppl_=f"{r['ppl']:.2f}", rouge_=f"{r['rouge']:.1f}", pref_=f"{r['pref']:.1f}%", rep_=f"{r['rep']:.1f}%",
-                 trainable_=f"{r['trainable']:,}" if r["trainable"] else "-")
-    results.finish([("method", "method", "{}"), ("test ppl", "ppl_", "{}"), ("ROUGE-L", "rouge_", "{}"),
-                    ("preference acc.", "pref_", "{}"), ("seq-rep-4", "rep_", "{}"),
+        r["trainable_"] = f"{r['trainable']:,}" if r["trainable"] else "-"
+    results.finish([("method", "method", "{}"), ("test ppl", "ppl", "{:.2f}"), ("ROUGE-L", "rouge", "{:.1f}"),
+                    ("preference acc. %", "pref", "{:.1f}"), ("seq-rep-4 %", "rep", "{:.1f}"),
                     ("trainable", "trainable_", "{}"), ("training time", "time", "{}")],
                    label_key="method", value_key="value", group_key="panel", title="Chapter 14")
     return results.rows
