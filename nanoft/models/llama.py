@@ -36,8 +36,8 @@ ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 @dataclass
 class LlamaConfig:
     """Field names = HF config.json keys, so hf_files.config_from_dict(LlamaConfig, config_json) builds one (the keys
-    it does not know are dropped). The shape defaults to SmolLM2-135M's; the options default to transformers' LlamaConfig defaults,
-    which is what a config.json that leaves them out means."""
+    it does not know are dropped). The shape defaults to SmolLM2-135M's; the options default to transformers'
+    LlamaConfig defaults, which is what a config.json that leaves them out means."""
     vocab_size: int = 49152
     hidden_size: int = 576
     intermediate_size: int = 1536  # the SwiGLU MLP's width
