@@ -197,6 +197,9 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, cfg: TrainConfi
         bar.close()
         log.close()
         if hw.created_group:
+            # free DDP's reducer while the process group still stands: freed after it, the reducer holds the group's
+            # last reference, and gloo's destructor then waits for a peer that may have exited (a hang at exit)
+            runner = batches = None
             dist.destroy_process_group()
     return TrainResult(run.step, stopped_early, run.early["best"], run.early["best_step"], log.records, log.curve())
 
