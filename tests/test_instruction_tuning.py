@@ -186,9 +186,21 @@ def test_sft_teaches_answers_that_end(tok, records):
     assert after["tokens"] == before["tokens"] == sum(len(tok.encode(r["output"], add_special_tokens=False)) + 1
                                                       for r in records[:2])
     assert after["perplexity"] < 1.5 < before["perplexity"]
-    answers = generate_responses(model, tok, records[:2], max_new_tokens=60)
+    answers = generate_responses(model, tok, records[:2], max_new_tokens=60, batch_size=1)  # GPT-2: no mask
     assert [a["text"] for a in answers] == [r["output"] for r in records[:2]]
     assert all(a["stopped"] for a in answers)
+
+
+def test_batched_answers_equal_one_prompt_at_a_time(tok, records):
+    """Left-padded batches of prompts of different lengths give each prompt the answer it gets alone, in order."""
+    from nanoft.models.llama import Llama, LlamaConfig
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2)).eval()
+    batched = generate_responses(model, tok, records[:7], max_new_tokens=12, batch_size=3)
+    alone = generate_responses(model, tok, records[:7], max_new_tokens=12, batch_size=1)
+    assert len({len(tok.encode(r["instruction"])) for r in records[:7]}) > 3  # the prompts' lengths differ
+    assert batched == alone
 
 
 def test_the_chapter_double_shift_bug(tmp_path):

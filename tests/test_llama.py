@@ -112,6 +112,45 @@ def test_kv_cache_generation_equals_no_cache_and_transformers(pair):
     assert torch.equal(cached, ref)
 
 
+def left_padded(rows, pad=0):
+    """Prompts of different lengths -> (input_ids (B, T) padded on the left, attention_mask (B, T))."""
+    T = max(len(r) for r in rows)
+    x = torch.tensor([[pad] * (T - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows])
+    return x, mask
+
+
+def test_left_padded_batch_equals_each_prompt_alone_and_transformers(pair):
+    hf, ours, _ = pair
+    rows = [torch.randint(1, 128, (n,)).tolist() for n in (9, 3, 14)]
+    x, mask = left_padded(rows)
+    with torch.no_grad():
+        logits, _ = ours(x, attention_mask=mask)
+        ref = hf(x, attention_mask=mask).logits
+        for i, r in enumerate(rows):  # each row's token positions get the logits the prompt gets alone
+            alone, _ = ours(torch.tensor([r]))
+            assert (logits[i, -len(r):] - alone[0]).abs().max() < 1e-4
+            assert (logits[i, -len(r):] - ref[i, -len(r):]).abs().max() < 1e-4
+        assert torch.isfinite(logits).all()  # padding queries see themselves: no empty softmax rows
+        out = ours.generate(x, max_new_tokens=10, do_sample=False, attention_mask=mask)
+        hf.generation_config.eos_token_id = None  # LlamaConfig's default eos (2) would stop a row early
+        want = hf.generate(x, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0)
+        assert torch.equal(out, want)
+        for i, r in enumerate(rows):
+            alone = ours.generate(torch.tensor([r]), 10, do_sample=False)
+            assert out[i, x.size(1):].tolist() == alone[0, len(r):].tolist()
+        assert torch.equal(ours.generate(x, 10, do_sample=False, attention_mask=mask, use_cache=False), out)
+
+
+def test_attention_mask_of_the_wrong_shape_is_refused(pair):
+    _, ours, _ = pair
+    x = ids(T=5)
+    with pytest.raises(ValueError, match=r"one column per token"):
+        ours(x, attention_mask=torch.ones(2, 4))
+    with pytest.raises(ValueError, match=r"one prompt at a time"):
+        ours.generate(x, 3, do_sample=False, attention_mask=torch.ones_like(x), num_beams=2)
+
+
 def test_prompt_in_chunks_through_the_cache_equals_one_pass(pair):
     # several new tokens after a cached prefix: the causal mask must be offset by the cache's length
     from nanoft.models.kv_cache import KVCache

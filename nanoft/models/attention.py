@@ -23,6 +23,8 @@ def attention(q, k, v, mask=None, is_causal=False, dropout_p=0.0):
                                               enable_gqa=n_kv != nh)
     if n_kv != nh:  # each kv head against its group of query heads: q (B, n_kv, nh / n_kv, T, hs), k (B, n_kv, 1, ...)
         B, _, T, hs = q.shape
+        if mask is not None and mask.dim() == 4:  # (B, 1, T, T_k) -> (B, 1, 1, T, T_k), to match the groups
+            mask = mask[:, :, None]
         y = attention(q.reshape(B, n_kv, nh // n_kv, T, hs), k[:, :, None], v[:, :, None], mask, is_causal, dropout_p)
         return y.view(B, nh, T, hs)
     # the matmul in bf16, then the scale, mask and softmax in fp32: bf16 exponentials would lose small probabilities

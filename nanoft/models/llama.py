@@ -140,8 +140,9 @@ def rope_frequencies(config, device=None):
 
 
 def rope_cos_sin(config, positions):
-    """cos and sin of every position's angles: positions (T,) -> two (T, head_dim) tensors, fp32."""
-    freqs = positions.float()[:, None] * rope_frequencies(config, positions.device)[None, :]  # (T, head_dim // 2)
+    """cos and sin of every position's angles: positions (T,) or (B, T) -> two (T, head_dim) or (B, T, head_dim)
+    tensors, fp32."""
+    freqs = positions.float()[..., None] * rope_frequencies(config, positions.device)  # (..., T, head_dim // 2)
     emb = torch.cat([freqs, freqs], dim=-1)  # (T, head_dim): channel i and i + head_dim // 2 share an angle
     return emb.cos(), emb.sin()
 
@@ -163,6 +164,20 @@ def apply_rope(x, cos, sin):
     return x * cos + rotate_half(x) * sin
 
 
+def padded_positions(attention_mask, T):
+    """For the last T positions of a left-padded batch, attention_mask (B, T_k) with 1 = token, 0 = padding ->
+    (positions (B, T): each token's index among its row's tokens, which RoPE rotates by; keep (B, 1, T, T_k): True
+    where a query may attend, i.e. a key at or before it that is a token). A padding query keeps itself, so that
+    no row of the softmax is empty (that would give NaN); nothing reads a padding position's output."""
+    mask = attention_mask.bool()
+    B, T_k = mask.shape
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]  # (B, T)
+    causal = torch.ones(T, T_k, dtype=torch.bool, device=mask.device).tril(diagonal=T_k - T)  # (T, T_k)
+    keep = causal[None] & mask[:, None, :]  # (B, T, T_k)
+    keep |= torch.eye(T_k, dtype=torch.bool, device=mask.device)[-T:][None]  # every query sees itself
+    return positions, keep[:, None]
+
+
 class Attention(nn.Module):
     """Causal self-attention with grouped-query attention.
     Generation keeps every layer's keys and values for every position (the KV cache): 2 * n_layer * T * n_kv_head *
@@ -182,7 +197,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(C, self.n_kv_head * hd, bias=config.qkv_bias)
         self.o_proj = nn.Linear(self.n_head * hd, C, bias=config.attention_bias)
 
-    def forward(self, x, cos, sin, kv_cache=None):
+    def forward(self, x, cos, sin, kv_cache=None, keep=None):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv, T, hd)
@@ -191,7 +206,9 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, n_kv, T_past + T, hd)
         T_k = k.size(2)
-        if T == T_k:  # no cache: the usual lower-triangular mask, which SDPA builds itself
+        if keep is not None:  # a padded batch: (B, 1, T, T_k), built once by Llama.forward
+            mask, is_causal = keep, False
+        elif T == T_k:  # no cache: the usual lower-triangular mask, which SDPA builds itself
             mask, is_causal = None, True
         elif T == 1:  # one new token sees every cached position
             mask, is_causal = None, False
@@ -226,8 +243,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, kv_cache=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache)
+    def forward(self, x, cos, sin, kv_cache=None, keep=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, keep)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -265,24 +282,37 @@ class Llama(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.model.embed_tokens.weight.numel() if exclude_embeddings else n
 
-    def forward(self, input_ids, targets=None, kv_cache=None, *, last_only=False):
+    def forward(self, input_ids, targets=None, kv_cache=None, *, last_only=False, attention_mask=None):
         """input_ids (B, T) -> (logits (B, T, V), loss). targets (B, T): the token to predict at each position
         (already shifted; -100 = ignore); loss is their mean cross-entropy, None without targets. kv_cache (a
         KVCache, filled in place): the positions it holds come before input_ids. last_only: logits of the last
-        position only, (B, 1, V), all that generation needs (the LM head is the biggest matmul of a decode step)."""
+        position only, (B, 1, V), all that generation needs (the LM head is the biggest matmul of a decode step).
+        attention_mask (B, T_past + T), 1 = a token, 0 = padding: for a LEFT-padded batch of prompts (batched
+        generation), the cached positions' included. Padding is then never attended to, and each row's positions
+        count from its own first token, so every row gets the logits it would get alone."""
         B, T = input_ids.shape
         if last_only and targets is not None:
             raise ValueError("last_only=True gives logits for one position, so there is no loss over targets: "
                              "pass targets or last_only=True, not both")
         T_past = kv_cache.length if kv_cache is not None else 0
-        cos, sin = rope_cos_sin(self.config, torch.arange(T_past, T_past + T, device=input_ids.device))  # (T, hd)
+        keep = None
+        if attention_mask is None:
+            positions = torch.arange(T_past, T_past + T, device=input_ids.device)  # (T,)
+        else:
+            if attention_mask.shape != (B, T_past + T):
+                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, not (batch, cached + new "
+                                 f"positions) = ({B}, {T_past + T}): give one column per token, the cached ones too")
+            positions, keep = padded_positions(attention_mask, T)  # (B, T), (B, 1, T, T_past + T)
+        cos, sin = rope_cos_sin(self.config, positions)  # (T, hd), or (B, T, hd) with a mask
+        if keep is not None:
+            cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hd): one rotation per row, shared by the heads
         x = self.model.embed_tokens(input_ids)  # (B, T, C)
         for layer in self.model.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 # keep only the layer's input; backward re-runs the layer instead of storing its activations
-                x = checkpoint(layer, x, cos, sin, None, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, None, keep, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, kv_cache)
+                x = layer(x, cos, sin, kv_cache, keep)
         if last_only:
             x = x[:, -1:, :]  # (B, 1, C)
         logits = self.lm_head(self.model.norm(x))  # (B, T, V)
@@ -293,20 +323,35 @@ class Llama(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, do_sample=None,
-                 eos_token_id=None, use_cache=True, generator=None, num_beams=1, no_repeat_ngram_size=0):
+                 eos_token_id=None, use_cache=True, generator=None, num_beams=1, no_repeat_ngram_size=0,
+                 attention_mask=None):
         """Continue input_ids (B, T) by up to max_new_tokens tokens -> (B, T + n_new), as GPT2.generate.
         Greedy when do_sample=False or temperature=0, otherwise samples (after top_k / top_p filtering); num_beams > 1
         is beam search; no_repeat_ngram_size=n forbids repeating an n-gram. eos_token_id (off when None): a sequence
         that emits it is padded with it until every one has, then we stop (a chat model's is the tokenizer's eos, e.g.
-        <|im_end|>). use_cache=False re-runs the whole sequence each step; the tokens are the same either way."""
+        <|im_end|>). use_cache=False re-runs the whole sequence each step; the tokens are the same either way.
+        attention_mask (B, T), 1 = token, 0 = padding: prompts of different lengths in one batch, LEFT-padded (so
+        that every row's next token goes at the same column); each row then decodes as it would alone. Greedy and
+        sampling only; no_repeat_ngram_size would count the padding as tokens."""
         check_generate_args(input_ids, max_new_tokens, temperature, top_k, top_p, num_beams, no_repeat_ngram_size,
                             do_sample)
+        if attention_mask is not None and (num_beams > 1 or no_repeat_ngram_size):
+            raise ValueError("attention_mask (a padded batch) works with greedy decoding and sampling: for beam search "
+                             "or no_repeat_ngram_size, generate one prompt at a time")
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids "
+                             f"{tuple(input_ids.shape)}: give one 1/0 per prompt token")
 
         def next_logits(ids, cache):
             if use_cache and cache is None:
                 cache = KVCache()
+            mask = None
+            if attention_mask is not None:  # the new tokens are never padding
+                new = attention_mask.new_ones(ids.size(0), ids.size(1) - input_ids.size(1))
+                mask = torch.cat([attention_mask, new], dim=1)  # (B, T_prompt + n_generated)
             # with the cache, feed only what it has not seen: the prompt first, then one token a step
-            logits, _ = self(ids[:, cache.length:] if use_cache else ids, kv_cache=cache, last_only=True)
+            logits, _ = self(ids[:, cache.length:] if use_cache else ids, kv_cache=cache, last_only=True,
+                             attention_mask=mask)
             return logits[:, -1, :], cache  # (B, V)
         return sampling.generate(self, next_logits, input_ids, max_new_tokens, temperature, top_k, top_p, do_sample,
                                  eos_token_id, generator, num_beams, no_repeat_ngram_size)

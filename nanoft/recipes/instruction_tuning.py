@@ -192,17 +192,26 @@ def response_perplexity(model, features: list, batch_size: int = 16, pad_id: int
 
 
 @torch.no_grad()
-def generate_responses(model, tokenizer, records, max_new_tokens: int = 64, end_id: Optional[int] = None) -> list:
-    """Greedy answers to each record's prompt: [{"text": without the end-of-turn token, "ids": the new token ids
-    (end-of-turn excluded), "stopped": whether the model ended its turn within max_new_tokens}]. One prompt at a
-    time: nanoft's models have no padding mask, and left-padding a batch would change what they see."""
+def generate_responses(model, tokenizer, records, max_new_tokens: int = 64, end_id: Optional[int] = None,
+                       batch_size: int = 16) -> list:
+    """Greedy answers to each record's prompt, in the records' order: [{"text": without the end-of-turn token, "ids":
+    the new token ids (end-of-turn excluded), "stopped": whether the model ended its turn within max_new_tokens}].
+    Prompts of similar length go batch_size at a time, left-padded with an attention mask (Llama.generate), so that
+    each decode step reads the weights once for the whole batch; batch_size=1 runs one prompt at a time, for models
+    whose generate takes no mask."""
     device, end_id = next(model.parameters()).device, end_of_turn(tokenizer, end_id)
-    answers = []
-    for record in records:
-        prompt = prompt_ids(tokenizer, prompt_messages(record))
-        new = model.generate(torch.tensor([prompt], device=device), max_new_tokens=max_new_tokens, temperature=0,
-                             eos_token_id=end_id)[0, len(prompt):].tolist()
-        stopped = end_id in new
-        ids = new[:new.index(end_id)] if stopped else new
-        answers.append({"text": tokenizer.decode(ids, skip_special_tokens=True), "ids": ids, "stopped": stopped})
+    prompts = [prompt_ids(tokenizer, prompt_messages(record)) for record in records]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # little padding per batch
+    answers = [None] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        rows = [prompts[i] for i in order[start:start + batch_size]]
+        T = max(len(r) for r in rows)
+        x = torch.tensor([[end_id] * (T - len(r)) + r for r in rows], device=device)  # (B, T), padded on the left
+        mask = {} if batch_size == 1 else {"attention_mask": torch.tensor(
+            [[0] * (T - len(r)) + [1] * len(r) for r in rows], device=device)}
+        out = model.generate(x, max_new_tokens=max_new_tokens, temperature=0, eos_token_id=end_id, **mask)
+        for i, new in zip(order[start:start + batch_size], out[:, T:].tolist()):  # new: (n_new,) ids of one row
+            stopped = end_id in new
+            ids = new[:new.index(end_id)] if stopped else new
+            answers[i] = {"text": tokenizer.decode(ids, skip_special_tokens=True), "ids": ids, "stopped": stopped}
     return answers
