@@ -7,7 +7,8 @@ records, each rendered with the model's own chat template:
   dpo           preference tuning (the book's sequence-level training, done as DPO), continuing the SFT adapter,
                 with the SFT model as the reference; the SFT data taught `output`, which is the *rejected* answer in
                 half the pairs, so DPO starts behind;
-  unlikelihood  token-level unlikelihood training (Welleck et al., 2019) against repetition, from the base model;
+  unlikelihood  token-level unlikelihood training (Welleck et al., 2019) against repetition, continuing the SFT
+                adapter: compare its row with SFT's for what the penalty costs;
   decode        greedy tokens/s in fp32, bf16 and int8 weight-only (the book's "quantization for faster generation");
   all           (the default) every one, then ONE table, three test answers of each model, and a PNG.
 Each tuned model's LoRA adapter is saved as a PEFT folder OUT_DIR/<method>/ that PEFT on transformers loads.
@@ -31,11 +32,12 @@ from nanoft.cli.report import Results, check_out_dir
 METHODS = ("sft", "dpo", "unlikelihood", "decode")
 SIZES = [  # flag, type, help, then the default value and the --smoke value
     ("--train-records", nonneg_int, "training records of SFT and unlikelihood (the first N; 0 = all 935)", 0, 8),
-    ("--train-pairs", nonneg_int, "preference pairs of DPO (the first N; 0 = all 929)", 0, 4),
+    ("--train-pairs", nonneg_int, "preference pairs of DPO (the first N; 0 = dpo-steps x batch-size, each seen "
+     "once)", 0, 4),
     ("--test-records", nonneg_int, "test records and pairs of every measure (the first N; 0 = all 110)", 0, 3),
-    ("--sft-steps", positive_int, "optimizer steps of SFT (117 = one epoch of 935 in batches of 8)", 117, 2),
-    ("--dpo-steps", positive_int, "optimizer steps of DPO (batches of --batch-size pairs)", 60, 2),
-    ("--ul-steps", positive_int, "optimizer steps of unlikelihood training", 117, 2),
+    ("--sft-steps", positive_int, "optimizer steps of SFT (117 = one epoch of 935 in batches of 8)", 80, 2),
+    ("--dpo-steps", positive_int, "optimizer steps of DPO (batches of --batch-size pairs)", 40, 2),
+    ("--ul-steps", positive_int, "optimizer steps of unlikelihood training, continuing the SFT adapter", 20, 2),
     ("--batch-size", positive_int, "records (or pairs) per optimizer step", 8, 2),
     ("--gen-tokens", positive_int, "new tokens at most per greedy answer (ROUGE-L, repetition, samples)", 64, 8),
     ("--decode-tokens", positive_int, "tokens generated per timing of `decode`", 64, 4),
@@ -63,8 +65,8 @@ def build_parser():
                    "then linear decay)")
     h.add_argument("--dpo-lr", type=positive_float, default=2e-4, help="lr of DPO")
     h.add_argument("--beta", type=positive_float, default=0.1, help="DPO's beta: how far from the reference")
-    h.add_argument("--rpo", type=nonneg_float, default=0.0, help="weight of the chosen answers' NLL added to DPO "
-                   "(RPO; 0 = plain DPO): holds their likelihood up")
+    h.add_argument("--rpo", type=nonneg_float, default=1.0, help="weight of the chosen answers' NLL added to DPO "
+                   "(RPO, Pang et al. 2024, whose weight is 1; 0 = plain DPO): holds their likelihood up")
     h.add_argument("--train-on-prompt", action="store_true", help="SFT's loss on the prompt's tokens too (Shi et "
                    "al., 2024); the measures stay on the responses")
     h.add_argument("--dpo-mean", action="store_true", help="DPO on the mean log-prob per token instead of the sum "
@@ -79,10 +81,10 @@ def parse_args(argv=None):
     return build_parser().parse_args(argv)
 
 
-def config(args, steps, lr):
+def config(args, steps, lr, eval_every=0):
     return TrainConfig(lr=lr, max_steps=steps, batch_size=args.batch_size, warmup_steps=min(10, steps // 10),
                        decay="linear", device=args.device, precision=args.precision, progress=not args.no_progress,
-                       seed=args.seed, log_every=max(1, steps // 10))
+                       seed=args.seed, log_every=max(1, steps // 10), eval_every=eval_every)
 
 
 def first(items, n):
@@ -135,16 +137,21 @@ def sft(d, args):
     print(f"\n# Instruction tuning ({args.tuning}, rank {args.rank}): {args.sft_steps} steps of {args.batch_size} "
           f"records, lr {args.lr:g}, the loss on the response and <|im_end|> only")
     model = tunable(args, d)
-    _, seconds = timed(fine_tune_sft, model, d["train_sft"].features, config(args, args.sft_steps, args.lr),
-                       pad_id=d["pad"])
+    result, seconds = timed(fine_tune_sft, model, d["train_sft"].features,
+                            config(args, args.sft_steps, args.lr, eval_every=max(1, args.sft_steps // 4)),
+                            val_features=d["val"].features, pad_id=d["pad"])
+    print("  validation response perplexity by step: " + ", ".join(f"{r['step']}: {r['val_ppl']:.2f}"
+                                                                  for r in result.curve))
     save(model, args, "sft")
     d["sft_model"] = model
     return [measure(f"SFT ({args.tuning})", model, d, args, seconds)]
 
 
-def dpo(d, args):
+def from_sft(d, args):
+    """(a trainable copy of the SFT model, the rows of SFT if it had to run): this run's SFT model, else the adapter
+    an earlier run saved in OUT_DIR/sft, else SFT now."""
     rows = []
-    if "sft_model" not in d:  # `dpo` alone: the SFT adapter of an earlier run, or SFT first
+    if "sft_model" not in d:
         folder = Path(args.out_dir) / "sft"
         if args.tuning != "full" and (folder / "adapter_config.json").is_file():
             model = copy.deepcopy(d["base"])
@@ -153,11 +160,16 @@ def dpo(d, args):
             d["sft_model"] = load_adapter(model, folder)
         else:
             rows = sft(d, args)
-    model = d["sft_model"]
-    print(f"\n# DPO on top of SFT: {args.dpo_steps} steps of {args.batch_size} pairs, lr {args.dpo_lr:g}, beta "
-          f"{args.beta:g}{f', RPO weight {args.rpo:g}' if args.rpo else ''}; the reference is the SFT model")
+    model = copy.deepcopy(d["sft_model"])  # DPO and unlikelihood each continue their own copy
     for name, p in model.named_parameters():
         p.requires_grad_(args.tuning == "full" or "lora_" in name)  # a loaded adapter comes frozen
+    return model, rows
+
+
+def dpo(d, args):
+    model, rows = from_sft(d, args)
+    print(f"\n# DPO on top of SFT: {args.dpo_steps} steps of {args.batch_size} pairs, lr {args.dpo_lr:g}, beta "
+          f"{args.beta:g}{f', RPO weight {args.rpo:g}' if args.rpo else ''}; the reference is the SFT model")
     train_pairs = with_reference_logps(model, d["train_pairs"])  # computed once: no second model in memory
     d["test_pairs"] = with_reference_logps(model, d["test_pairs"])
     chosen_before = response_perplexity(model, d["test_chosen"].features)["perplexity"]
@@ -177,13 +189,13 @@ def dpo(d, args):
 
 
 def unlikelihood(d, args):
-    print(f"\n# Unlikelihood training: {args.ul_steps} steps, alpha {args.ul_alpha:g}, the penalty on tokens that "
-          "repeat the earlier ones of the answer")
-    model = tunable(args, d)
+    model, rows = from_sft(d, args)
+    print(f"\n# Unlikelihood training, continuing SFT: {args.ul_steps} steps, alpha {args.ul_alpha:g}, the penalty "
+          "on tokens that repeat the earlier ones of the answer")
     _, seconds = timed(fine_tune_unlikelihood, model, d["train"].features, config(args, args.ul_steps, args.lr),
                        alpha=args.ul_alpha, pad_id=d["pad"])
     save(model, args, "unlikelihood")
-    return [measure(f"unlikelihood (alpha {args.ul_alpha:g})", model, d, args, seconds)]
+    return rows + [measure("SFT + unlikelihood", model, d, args, seconds)]
 
 
 @torch.no_grad()
@@ -227,10 +239,12 @@ def main(argv=None):
     d["train"] = sft_features(first(data["train"], args.train_records), tok, args.max_len)
     d["train_sft"] = sft_features(first(data["train"], args.train_records), tok, args.max_len, verbose=False,
                                   mask_prompt=not args.train_on_prompt)
+    d["val"] = sft_features(first(data["val"], args.test_records), tok, args.max_len)
     d["test"] = sft_features(first(data["test"], args.test_records), tok, args.max_len)
     test_prefs = first(prefs["test"], args.test_records)
     d["test_chosen"] = sft_features(test_prefs, tok, args.max_len, response_key="chosen")
-    d["train_pairs"] = preference_features(first(prefs["train"], args.train_pairs), tok, args.max_len).features
+    n_pairs = args.train_pairs or args.dpo_steps * args.batch_size  # each pair once: fewer reference log-probs
+    d["train_pairs"] = preference_features(first(prefs["train"], n_pairs), tok, args.max_len).features
     d["test_pairs"] = preference_features(test_prefs, tok, args.max_len).features
     print(f"{base.config.num_hidden_layers} layers, {base.num_parameters():,} parameters; {len(d['train'].features)}"
           f" training records, {len(d['train_pairs'])} pairs, {len(d['test'].features)} test records")

@@ -105,15 +105,19 @@ def pair_logps(model, pairs, batch_size: int = 8, pad_id: int = 0, lora_off: boo
     adapters switched off, i.e. the base model)."""
     was_training = model.training
     model.eval()
-    device, collate, out = next(model.parameters()).device, PairCollate(pad_id), []
+    device, collate, out = next(model.parameters()).device, PairCollate(pad_id), torch.empty(len(pairs), 2,
+                                                                                           dtype=torch.float64)
+    longest = [max(len(p["chosen"]["input_ids"]), len(p["rejected"]["input_ids"])) for p in pairs]
+    order = sorted(range(len(pairs)), key=longest.__getitem__)  # pairs of similar length together: little padding
     try:
         with lora_disabled(model) if lora_off else nullcontext():
             for i in range(0, len(pairs), batch_size):
-                batch = to_device(collate(pairs[i:i + batch_size]), device)
-                out.append(sequence_logps(model, batch["input_ids"], batch["labels"]).double().view(2, -1).T.cpu())
+                rows = order[i:i + batch_size]
+                batch = to_device(collate([pairs[j] for j in rows]), device)
+                out[rows] = sequence_logps(model, batch["input_ids"], batch["labels"]).double().view(2, -1).T.cpu()
     finally:
         model.train(was_training)
-    return torch.cat(out)
+    return out
 
 
 def with_reference_logps(reference, pairs, batch_size: int = 8, pad_id: int = 0, lora_off: bool = False) -> list:
