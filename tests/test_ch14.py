@@ -15,7 +15,7 @@ from chapters import ch14_language_generation as ch14
 def test_chapter_runs_end_to_end_and_prints_one_table(shared_data_dir, tmp_path, monkeypatch, capsys):
     rows = smoke_run(ch14.main, [], shared_data_dir, tmp_path, monkeypatch)
     out = capsys.readouterr().out
-    assert [r["method"] for r in rows] == ["base", "SFT (lora)", "DPO after SFT", "unlikelihood (alpha 1)",
+    assert [r["method"] for r in rows] == ["base", "SFT (lora)", "DPO after SFT", "SFT + unlikelihood",
                                            "decode fp32", "decode bf16", "decode int8 weight-only"]
     for r in rows[:4]:
         assert math.isfinite(r["ppl"]) and r["ppl"] > 1 and 0 <= r["rouge"] <= 100 and 0 <= r["pref"] <= 100
