@@ -21,7 +21,7 @@ def setting(text):
 
 
 def build_parser():
-    p = base_parser("ch14_lora_rank", __doc__, sft_steps=20)
+    p = base_parser("ch14_lora_rank", __doc__, sft_steps=15)
     p.add_argument("--settings", type=list_of(setting, "lora:4,lora:16,lora:64,qlora:16"),
                    default="lora:4,lora:16,lora:64,qlora:16",
                    help="what trains, comma-separated: lora:RANK (fp32 base) or qlora:RANK (NF4 base); --rank and "
