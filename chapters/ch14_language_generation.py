@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from nanoft import (Llama, TrainConfig, evaluate_preferences, fine_tune_dpo, fine_tune_sft, fine_tune_unlikelihood,
-                    generate_responses, load_adapter, load_instructions, load_preferences, load_tokenizer,
-                    mean_rouge_l, prepare_for_tuning, preference_features, quantize_model, response_perplexity,
-                    save_adapter, seed_everything, seq_rep_n, sft_features, smollm2_gguf, trainable_parameters,
-                    with_reference_logps)
+from nanoft import (Llama, TrainConfig, distinct_n, evaluate_preferences, fine_tune_dpo, fine_tune_sft,
+                    fine_tune_unlikelihood, generate_responses, load_adapter, load_instructions, load_preferences,
+                    load_tokenizer, mean_rouge_l, prepare_for_tuning, preference_features, quantize_model,
+                    response_perplexity, save_adapter, seed_everything, seq_rep_n, sft_features, smollm2_gguf,
+                    trainable_parameters, with_reference_logps)
 from nanoft.cli.flags import (ChapterParser, add_io_flags, add_run_flags, nonneg_float, nonneg_int, positive_float,
                               positive_int, run_main)
 from nanoft.cli.report import Results, check_out_dir
@@ -114,12 +114,14 @@ def measure(name, model, d, args, seconds=0.0, extra=None):
     row = dict(method=name, ppl=ppl, rouge=mean_rouge_l([a["text"] for a in answers],
                                                        [r["output"] for r in d["test"].records]),
                pref=prefs["preference_accuracy"], rep=100.0 * seq_rep_n([a["ids"] for a in answers], 4),
+               distinct=100.0 * distinct_n([a["ids"] for a in answers], 2),
                stopped=stopped, trainable=trainable if seconds else 0, seconds=seconds,
                panel="ROUGE-L of greedy answers, test split", value=0.0,
                time=f"{seconds / 60:.1f} min", answers=[a["text"] for a in answers[:3]], **(extra or {}))
     row["value"] = row["rouge"]
     print(f"  -> {name}: test perplexity {ppl:.2f}, ROUGE-L {row['rouge']:.1f}, preference accuracy "
-          f"{row['pref']:.1f}%, seq-rep-4 {row['rep']:.1f}%, {stopped:.0f}% of answers ended their turn")
+          f"{row['pref']:.1f}%, seq-rep-4 {row['rep']:.1f}%, distinct-2 {row['distinct']:.1f}%, {stopped:.0f}% of "
+          "answers ended their turn")
     return row
 
 
