@@ -103,12 +103,12 @@ def tunable(args, d):
     return prepare_for_tuning(copy.deepcopy(d["base"]), args.tuning, r=args.rank, alpha=args.lora_alpha)
 
 
-def measure(name, model, d, args, seconds=0.0, extra=None):
+def measure(name, model, d, args, seconds=0.0, extra=None, prefs=None):
     """One table row: test response perplexity, ROUGE-L and repetition of greedy answers, preference accuracy."""
     model.eval()
     ppl = response_perplexity(model, d["test"].features)["perplexity"]
     answers = generate_responses(model, d["tok"], d["test"].records, max_new_tokens=args.gen_tokens)
-    prefs = evaluate_preferences(model, d["test_pairs"], beta=args.beta)
+    prefs = prefs or evaluate_preferences(model, d["test_pairs"], beta=args.beta)  # DPO's own comes measured
     stopped = 100.0 * sum(a["stopped"] for a in answers) / len(answers)
     trainable, _ = trainable_parameters(model)
     row = dict(method=name, ppl=ppl, rouge=mean_rouge_l([a["text"] for a in answers],
@@ -183,11 +183,12 @@ def dpo(d, args):
           f"{100 * steps[-1]['reward_accuracy']:.0f}%")
     test = evaluate_preferences(model, d["test_pairs"], beta=args.beta)
     chosen_after = response_perplexity(model, d["test_chosen"].features)["perplexity"]
-    print(f"  test: reward accuracy {test['reward_accuracy']:.1f}%, margin {test['reward_margin']:.2f}, rewards "
-          f"chosen {test['chosen_reward']:.2f} / rejected {test['rejected_reward']:.2f}; perplexity of the chosen "
-          f"answers {chosen_before:.2f} -> {chosen_after:.2f}")
+    print(f"  test: reward accuracy {test['reward_accuracy']:.1f}% (the model alone prefers the chosen answer in "
+          f"{test['preference_accuracy']:.1f}%), margin {test['reward_margin']:.2f}, rewards chosen "
+          f"{test['chosen_reward']:.2f} / rejected {test['rejected_reward']:.2f}; perplexity of the chosen answers "
+          f"{chosen_before:.2f} -> {chosen_after:.2f}")
     return rows + [measure("DPO after SFT", model, d, args, seconds,
-                    dict(reward_acc=test["reward_accuracy"], chosen_ppl=chosen_after))]
+                    dict(reward_acc=test["reward_accuracy"], chosen_ppl=chosen_after), prefs=test)]
 
 
 def unlikelihood(d, args):

@@ -46,10 +46,11 @@ def previous_target_candidates(labels: torch.Tensor, vocab_size: int) -> torch.T
 
 def unlikelihood_terms(logits: torch.Tensor, labels: torch.Tensor) -> tuple:
     """(summed NLL of the labelled targets, summed unlikelihood penalty), both 0-d fp32 tensors. logits (B, T, V)."""
-    logits = logits.float()
-    nll = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+    valid = labels != -100  # only the labelled positions (the response) carry a loss: score only them, (N,) of B*T
     with torch.no_grad():
-        negatives = previous_target_candidates(labels, logits.size(-1))
+        negatives = previous_target_candidates(labels, logits.size(-1))[valid]  # (N, V)
+    logits = logits[valid].float()  # (N, V): a quarter of the positions for SFT features, and of the work below
+    nll = F.cross_entropy(logits, labels[valid], reduction="sum")
     # log(1 - p) from log-probabilities; the clamp keeps a candidate the model is sure of from giving -inf
     one_minus_p = (1.0 - logits.log_softmax(-1).exp()).clamp(min=1e-5)
     penalty = -(one_minus_p.log() * negatives).sum()
