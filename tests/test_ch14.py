@@ -84,6 +84,6 @@ def test_every_flag_is_explained():
     for action in ch14.build_parser()._actions:
         assert action.help, f"{action.option_strings} has no help"
     args = ch14.parse_args([])
-    assert (args.sft_steps, args.batch_size, args.test_records) == (117, 8, 0)  # one epoch of 935, all 110 tested
+    assert (args.sft_steps, args.batch_size, args.test_records) == (80, 8, 0)  # 640 of the 935, all 110 tested
     smoke = ch14.parse_args(["--smoke", "--sft-steps", "5"])
     assert smoke.sft_steps == 5 and smoke.test_records == 3
