@@ -240,8 +240,8 @@ def main(argv=None):
     data, prefs = load_instructions(args.data_dir), load_preferences(args.data_dir)
     d = dict(base=base, tok=tok, pad=tok.eos_token_id)
     d["train"] = sft_features(first(data["train"], args.train_records), tok, args.max_len)
-    d["train_sft"] = sft_features(first(data["train"], args.train_records), tok, args.max_len, verbose=False,
-                                  mask_prompt=not args.train_on_prompt)
+    d["train_sft"] = d["train"] if not args.train_on_prompt else sft_features(  # the prompt's tokens labelled too
+        first(data["train"], args.train_records), tok, args.max_len, verbose=False, mask_prompt=False)
     d["val"] = sft_features(first(data["val"], args.test_records), tok, args.max_len)
     d["test"] = sft_features(first(data["test"], args.test_records), tok, args.max_len)
     test_prefs = first(prefs["test"], args.test_records)

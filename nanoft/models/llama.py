@@ -164,6 +164,12 @@ def apply_rope(x, cos, sin):
     return x * cos + rotate_half(x) * sin
 
 
+def causal_mask(T, T_k, device=None):
+    """(T, T_k) bool, True = may attend: the last T of T_k positions, query i (at position T_k - T + i) seeing keys
+    0 .. T_k - T + i."""
+    return torch.ones(T, T_k, dtype=torch.bool, device=device).tril(diagonal=T_k - T)
+
+
 def padded_positions(attention_mask, T):
     """For the last T positions of a left-padded batch, attention_mask (B, T_k) with 1 = token, 0 = padding ->
     (positions (B, T): each token's index among its row's tokens, which RoPE rotates by; keep (B, 1, T, T_k): True
@@ -172,9 +178,9 @@ def padded_positions(attention_mask, T):
     mask = attention_mask.bool()
     B, T_k = mask.shape
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]  # (B, T)
-    causal = torch.ones(T, T_k, dtype=torch.bool, device=mask.device).tril(diagonal=T_k - T)  # (T, T_k)
-    keep = causal[None] & mask[:, None, :]  # (B, T, T_k)
-    keep |= torch.eye(T_k, dtype=torch.bool, device=mask.device)[-T:][None]  # every query sees itself
+    keep = causal_mask(T, T_k, mask.device)[None] & mask[:, None, :]  # (B, T, T_k)
+    cols = torch.arange(T_k, device=mask.device)
+    keep |= (cols == cols[-T:, None])[None]  # every query sees itself: query i is key T_k - T + i
     return positions, keep[:, None]
 
 
@@ -213,7 +219,7 @@ class Attention(nn.Module):
         elif T == 1:  # one new token sees every cached position
             mask, is_causal = None, False
         else:  # several new tokens after a cache: query i sits at position T_k - T + i
-            mask, is_causal = torch.ones(T, T_k, dtype=torch.bool, device=x.device).tril(diagonal=T_k - T), False
+            mask, is_causal = causal_mask(T, T_k, x.device), False
         y = attention(q, k, v, mask, is_causal, dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hd)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 

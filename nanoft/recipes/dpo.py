@@ -105,8 +105,8 @@ def pair_logps(model, pairs, batch_size: int = 8, pad_id: int = 0, lora_off: boo
     adapters switched off, i.e. the base model)."""
     was_training = model.training
     model.eval()
-    device, collate, out = next(model.parameters()).device, PairCollate(pad_id), torch.empty(len(pairs), 2,
-                                                                                           dtype=torch.float64)
+    device, collate = next(model.parameters()).device, PairCollate(pad_id)
+    out = torch.empty(len(pairs), 2, dtype=torch.float64)  # filled in the sorted order below
     longest = [max(len(p["chosen"]["input_ids"]), len(p["rejected"]["input_ids"])) for p in pairs]
     order = sorted(range(len(pairs)), key=longest.__getitem__)  # pairs of similar length together: little padding
     try:
