@@ -77,6 +77,15 @@ def test_loss_matches_transformers(pair):
     torch.testing.assert_close(loss, ref, atol=1e-5, rtol=0)
 
 
+def test_logits_at_some_positions_equal_transformers_there(pair):
+    model, hf = pair
+    x = prompts(B=2, T=12)
+    at = torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) < 0.3  # e.g. the response's positions
+    with torch.no_grad():
+        some, _ = model(x, logits_at=at)
+        torch.testing.assert_close(some, hf(x).logits[at], atol=1e-5, rtol=0)
+
+
 def test_greedy_matches_transformers_generate(pair):
     model, hf = pair
     x = prompts(B=2, T=7)

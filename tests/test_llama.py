@@ -151,6 +151,20 @@ def test_attention_mask_of_the_wrong_shape_is_refused(pair):
         ours.generate(x, 3, do_sample=False, attention_mask=torch.ones_like(x), num_beams=2)
 
 
+def test_logits_at_some_positions_equal_those_of_all_positions(pair):
+    """logits_at (the loss on labelled positions only) gives the same rows as the full logits, and refuses targets."""
+    _, ours, _ = pair
+    x = ids(T=12)
+    at = torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) < 0.3
+    with torch.no_grad():
+        full, _ = ours(x)
+        some, _ = ours(x, logits_at=at)
+    assert some.shape == (int(at.sum()), full.size(-1))
+    assert (some - full[at]).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="no loss over targets"):
+        ours(x, targets=x, logits_at=at)
+
+
 def test_prompt_in_chunks_through_the_cache_equals_one_pass(pair):
     # several new tokens after a cached prefix: the causal mask must be offset by the cache's length
     from nanoft.models.kv_cache import KVCache

@@ -26,7 +26,7 @@ def test_penalty_matches_a_loop():
     labels = torch.randint(0, V, (B, T))
     labels[0, :2] = -100
     labels[1, -1] = -100
-    nll, penalty = unlikelihood_terms(logits, labels)
+    nll, penalty = unlikelihood_terms(logits[labels != -100], labels)  # the labelled positions' logits
     p = logits.softmax(-1)
     want_nll, want_penalty = 0.0, 0.0
     for b in range(B):

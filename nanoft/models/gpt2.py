@@ -166,15 +166,17 @@ class GPT2(nn.Module):
             n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, input_ids, targets=None, kv_cache=None, last_only=False):
+    def forward(self, input_ids, targets=None, kv_cache=None, last_only=False, logits_at=None):
         """input_ids (B, T) -> (logits (B, T, V), loss); loss is the mean cross-entropy against targets (B, T)
         (-100 = ignore), None without targets. kv_cache (a KVCache, generation only): the keys and values of the
         positions before input_ids, extended in place by these T positions.
-        last_only: logits of the last position only, (B, 1, V): all that generation needs."""
+        last_only: logits of the last position only, (B, 1, V): all that generation needs.
+        logits_at (B, T) bool: logits of those positions only, (N, V) in row-major order (a loss on the labelled
+        positions needs no others)."""
         B, T = input_ids.shape
-        if last_only and targets is not None:
-            raise ValueError("last_only=True gives logits for one position, so there is no loss over targets: "
-                             "pass targets or last_only=True, not both")
+        if (last_only or logits_at is not None) and targets is not None:
+            raise ValueError("last_only and logits_at give logits for some positions only, so there is no loss over "
+                             "targets: pass targets, or one of them")
         T_past = kv_cache.length if kv_cache is not None else 0
         if T_past + T > self.config.n_positions:
             raise ValueError(f"sequence length {T_past + T} exceeds n_positions={self.config.n_positions}: "
@@ -193,7 +195,9 @@ class GPT2(nn.Module):
             # the LM head costs C * V per position and its output is the forward's largest tensor (a 1024-token
             # prompt: 206 MB per sequence): generation wants the next token only, so skip the other positions
             x = x[:, -1:, :]  # (B, 1, C)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        elif logits_at is not None:
+            x = x[logits_at]  # (N, C)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V), or (N, V) with logits_at
 
         loss = None
         if targets is not None:

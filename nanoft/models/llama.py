@@ -288,18 +288,20 @@ class Llama(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.model.embed_tokens.weight.numel() if exclude_embeddings else n
 
-    def forward(self, input_ids, targets=None, kv_cache=None, *, last_only=False, attention_mask=None):
+    def forward(self, input_ids, targets=None, kv_cache=None, *, last_only=False, attention_mask=None, logits_at=None):
         """input_ids (B, T) -> (logits (B, T, V), loss). targets (B, T): the token to predict at each position
         (already shifted; -100 = ignore); loss is their mean cross-entropy, None without targets. kv_cache (a
         KVCache, filled in place): the positions it holds come before input_ids. last_only: logits of the last
         position only, (B, 1, V), all that generation needs (the LM head is the biggest matmul of a decode step).
         attention_mask (B, T_past + T), 1 = a token, 0 = padding: for a LEFT-padded batch of prompts (batched
         generation), the cached positions' included. Padding is then never attended to, and each row's positions
-        count from its own first token, so every row gets the logits it would get alone."""
+        count from its own first token, so every row gets the logits it would get alone.
+        logits_at (B, T) bool: logits of those positions only, (N, V) in row-major order (a loss on the labelled
+        positions needs no others, and the LM head is a fifth of a small model's forward)."""
         B, T = input_ids.shape
-        if last_only and targets is not None:
-            raise ValueError("last_only=True gives logits for one position, so there is no loss over targets: "
-                             "pass targets or last_only=True, not both")
+        if (last_only or logits_at is not None) and targets is not None:
+            raise ValueError("last_only and logits_at give logits for some positions only, so there is no loss over "
+                             "targets: pass targets, or one of them")
         T_past = kv_cache.length if kv_cache is not None else 0
         keep = None
         if attention_mask is None:
@@ -321,7 +323,9 @@ class Llama(nn.Module):
                 x = layer(x, cos, sin, kv_cache, keep)
         if last_only:
             x = x[:, -1:, :]  # (B, 1, C)
-        logits = self.lm_head(self.model.norm(x))  # (B, T, V)
+        elif logits_at is not None:
+            x = x[logits_at]  # (N, C)
+        logits = self.lm_head(self.model.norm(x))  # (B, T, V), or (N, V) with logits_at
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)

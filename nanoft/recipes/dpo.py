@@ -37,7 +37,8 @@ import torch.nn.functional as F
 
 from nanoft.data.instructions import chat_messages
 from nanoft.quant.lora import lora_disabled
-from nanoft.recipes.instruction_tuning import Features, SFTCollate, encode_conversation, end_of_turn, lm_feature
+from nanoft.recipes.instruction_tuning import (Features, SFTCollate, encode_conversation, end_of_turn, labelled_logits,
+                                              lm_feature)
 from nanoft.training.device import to_device
 from nanoft.training.train import TrainConfig, TrainResult, train
 
@@ -83,9 +84,10 @@ class PairCollate:
 
 def sequence_logps(model, input_ids, labels) -> torch.Tensor:
     """(N,) summed log-probability of each row's labelled tokens (labels != -100), in fp32."""
-    logits, _ = model(input_ids)  # (N, T, V)
-    nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="none")
-    return -nll.view(labels.shape).sum(-1)  # ignored positions contribute 0
+    logits, targets = labelled_logits(model, {"input_ids": input_ids, "labels": labels})  # (M, V), (M,)
+    rows = (labels != -100).nonzero()[:, 0]  # (M,): the row of each labelled position
+    logp = -F.cross_entropy(logits, targets, reduction="none")  # (M,)
+    return torch.zeros(len(labels), dtype=logp.dtype, device=logp.device).index_add(0, rows, logp)
 
 
 def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float = 0.1) -> tuple:

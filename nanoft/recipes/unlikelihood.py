@@ -23,7 +23,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from nanoft.recipes.instruction_tuning import SFTCollate
+from nanoft.recipes.instruction_tuning import SFTCollate, labelled_logits
 from nanoft.training.train import TrainConfig, TrainResult, train
 
 
@@ -45,11 +45,12 @@ def previous_target_candidates(labels: torch.Tensor, vocab_size: int) -> torch.T
 
 
 def unlikelihood_terms(logits: torch.Tensor, labels: torch.Tensor) -> tuple:
-    """(summed NLL of the labelled targets, summed unlikelihood penalty), both 0-d fp32 tensors. logits (B, T, V)."""
-    valid = labels != -100  # only the labelled positions (the response) carry a loss: score only them, (N,) of B*T
+    """(summed NLL of the labelled targets, summed unlikelihood penalty), both 0-d fp32 tensors. logits (N, V): those
+    of the N labelled positions of labels (B, T) in row-major order (labelled_logits), the only ones with a loss."""
+    valid = labels != -100  # (B, T), N of them
     with torch.no_grad():
         negatives = previous_target_candidates(labels, logits.size(-1))[valid]  # (N, V)
-    logits = logits[valid].float()  # (N, V): a quarter of the positions for SFT features, and of the work below
+    logits = logits.float()
     nll = F.cross_entropy(logits, labels[valid], reduction="sum")
     # log(1 - p) from log-probabilities; the clamp keeps a candidate the model is sure of from giving -inf
     one_minus_p = (1.0 - logits.log_softmax(-1).exp()).clamp(min=1e-5)
@@ -67,7 +68,7 @@ def fine_tune_unlikelihood(model, train_features: list, cfg: TrainConfig, alpha:
     seen = []
 
     def loss_fn(m, batch):
-        logits, _ = m(batch["input_ids"])
+        logits, _ = labelled_logits(m, batch)  # (N, V)
         nll, penalty = unlikelihood_terms(logits, batch["labels"])
         seen.append((nll.item(), penalty.item(), batch["num_tokens"]))
         return nll + alpha * penalty
