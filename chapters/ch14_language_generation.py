@@ -14,7 +14,6 @@ records, each rendered with the model's own chat template:
 Each tuned model's LoRA adapter is saved as a PEFT folder OUT_DIR/<method>/ that PEFT on transformers loads.
 """
 import copy
-import statistics
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from nanoft import (Llama, TrainConfig, distinct_n, evaluate_preferences, fine_t
                     fine_tune_unlikelihood, generate_responses, load_adapter, load_instructions, load_preferences,
                     load_tokenizer, mean_rouge_l, prepare_for_tuning, preference_features, quantize_model,
                     response_perplexity, save_adapter, seed_everything, seq_rep_n, sft_features, smollm2_gguf,
-                    trainable_parameters, with_reference_logps)
+                    tokens_per_second, trainable_parameters, with_reference_logps)
 from nanoft.cli.flags import (ChapterParser, add_io_flags, add_run_flags, nonneg_float, nonneg_int, positive_float,
                               positive_int, run_main)
 from nanoft.cli.report import Results, check_out_dir
@@ -201,22 +200,8 @@ def unlikelihood(d, args):
     return rows + [measure("SFT + unlikelihood", model, d, args, seconds)]
 
 
-@torch.no_grad()
-def tokens_per_second(model, prompt, n, repeats=3):
-    model.generate(prompt, 2, temperature=0)  # warm up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model.generate(prompt, n, temperature=0)
-        times.append(time.perf_counter() - t0)
-    return n / statistics.median(times)
-
-
 def decode(d, args):
     print(f"\n# Greedy decoding speed, {args.decode_tokens} new tokens, the median of 3 (the cache on)")
-    prompt = torch.tensor([d["tok"].encode(d["tok"].apply_chat_template(
-        [{"role": "user", "content": d["test"].records[0]["instruction"]}], add_generation_prompt=True),
-        add_special_tokens=False)])
     rows = []
     for name in ("fp32", "bf16", "int8 weight-only"):
         model = copy.deepcopy(d["base"]).eval()
@@ -224,7 +209,7 @@ def decode(d, args):
             model = model.to(torch.bfloat16)
         elif name.startswith("int8"):
             quantize_model(model, "int8", head=True)
-        speed = tokens_per_second(model, prompt, args.decode_tokens)
+        speed = tokens_per_second(model, d["tok"], d["test"].records[0], args.decode_tokens)
         print(f"  -> {name}: {speed:.1f} tokens/s")
         rows.append(dict(method=f"decode {name}", value=speed, panel="greedy decoding, tokens/s", seconds=0.0,
                          time=f"{speed:.1f} tok/s"))

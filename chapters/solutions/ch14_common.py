@@ -72,12 +72,6 @@ def add_dpo_flags(parser, beta=None):
     return g
 
 
-def parse_flags(p, argv=None, smoke=None):
-    """p.parse_args, with the smoke sizes (SMOKE, then the solution's own `smoke`) under --smoke."""
-    p.smoke.update(smoke or {})
-    return p.parse_args(argv)
-
-
 @dataclass
 class Run:
     """How every training run of a solution is run, made once from the flags and then passed around."""

@@ -4,7 +4,7 @@ accuracy, the model's own preference accuracy, and the perplexity of the chosen 
 
     python -m chapters.solutions.ch14_dpo_beta --data-dir ../shared/data --threads 1
 """
-from .ch14_common import (add_dpo_flags, base_parser, dpo, dpo_data, dpo_steps, note_sample, parse_flags, perplexity,
+from .ch14_common import (add_dpo_flags, base_parser, dpo, dpo_data, dpo_steps, note_sample, perplexity,
                           sft_adapter, start)
 from nanoft import evaluate_preferences
 from nanoft.cli.flags import list_of, positive_float, run_main
@@ -20,7 +20,7 @@ def build_parser():
 
 
 def main(argv=None):
-    args = parse_flags(build_parser(), argv)
+    args = build_parser().parse_args(argv)
     run, setup = start(args)
     sft_model, sft_seconds, loaded = sft_adapter(setup, args, run)
     pairs = dpo_data(setup, args, sft_model)

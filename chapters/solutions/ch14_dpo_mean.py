@@ -6,7 +6,7 @@ answers.
     python -m chapters.solutions.ch14_dpo_mean --data-dir ../shared/data --threads 1
 """
 from .ch14_common import (add_dpo_flags, answer_stats, answers, base_parser, dpo, dpo_data, dpo_steps, first,
-                          note_sample, parse_flags, perplexity, sft_adapter, start)
+                          note_sample, perplexity, sft_adapter, start)
 from nanoft import evaluate_preferences
 from nanoft.cli.flags import positive_float, run_main
 from nanoft.cli.report import print_table, save_rows
@@ -30,7 +30,7 @@ def length_stats(pairs):
 
 
 def main(argv=None):
-    args = parse_flags(build_parser(), argv)
+    args = build_parser().parse_args(argv)
     run, setup = start(args)
     sft_model, sft_seconds, loaded = sft_adapter(setup, args, run)
     pairs = dpo_data(setup, args, sft_model)

@@ -6,7 +6,7 @@ the model in memory, test response perplexity and seconds per step.
 """
 import argparse
 
-from .ch14_common import base_parser, first, note_sample, parse_flags, perplexity, sft, start
+from .ch14_common import base_parser, first, note_sample, perplexity, sft, start
 from nanoft import model_nbytes, sft_features, trainable_parameters
 from nanoft.cli.flags import list_of, positive_float, positive_int, run_main
 from nanoft.cli.report import print_table, save_rows
@@ -32,7 +32,7 @@ def build_parser():
 
 
 def main(argv=None):
-    args = parse_flags(build_parser(), argv)
+    args = build_parser().parse_args(argv)
     run, setup = start(args)
     train = sft_features(first(setup.data["train"], args.train_records), setup.tok, args.max_len).features
     test = sft_features(first(setup.data["test"], args.test_records), setup.tok, args.max_len).features

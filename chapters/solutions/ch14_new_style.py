@@ -6,7 +6,7 @@ is measured before and after SFT.
 """
 import argparse
 
-from .ch14_common import answer_stats, answers, base_parser, first, note_sample, parse_flags, perplexity, sft, start
+from .ch14_common import answer_stats, answers, base_parser, first, note_sample, perplexity, sft, start
 from nanoft import sft_features
 from nanoft.cli.flags import run_main
 
@@ -41,7 +41,7 @@ def style_shares(answers_, prefix, sign_off):
 
 
 def main(argv=None):
-    args = parse_flags(build_parser(), argv)
+    args = build_parser().parse_args(argv)
     prefix, sign_off = args.prefix, args.sign_off
     run, setup = start(args)
     styled = [restyle(r, prefix, sign_off) for r in first(setup.data["train"], args.train_records)]

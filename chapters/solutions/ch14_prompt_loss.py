@@ -4,7 +4,7 @@ order, one with the loss on the response alone (the chapter's), one on the whole
 
     python -m chapters.solutions.ch14_prompt_loss --data-dir ../shared/data --threads 1
 """
-from .ch14_common import (answer_stats, answers, base_parser, first, note_sample, parse_flags, perplexity, sft,
+from .ch14_common import (answer_stats, answers, base_parser, first, note_sample, perplexity, sft,
                           sft_adapter, start)
 from nanoft import sft_features
 from nanoft.cli.flags import run_main
@@ -16,7 +16,7 @@ def build_parser():
 
 
 def main(argv=None):
-    args = parse_flags(build_parser(), argv)
+    args = build_parser().parse_args(argv)
     run, setup = start(args)
     records = first(setup.data["train"], args.train_records)
     test = sft_features(first(setup.data["test"], args.test_records), setup.tok, args.max_len)  # always masked

@@ -19,6 +19,8 @@ What the model learns is decided by the labels:
   response tokens like one of 100 (transformers #34191, torchtune #1875). The loop's TrainConfig(loss_sum=True)
   divides by the step's count; the collate puts each micro-batch's count in batch["num_tokens"], where it looks.
 """
+import statistics
+import time
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
@@ -223,3 +225,18 @@ def generate_responses(model, tokenizer, records, max_new_tokens: int = 64, end_
             ids = new[:new.index(end_id)] if stopped else new
             answers[i] = {"text": tokenizer.decode(ids, skip_special_tokens=True), "ids": ids, "stopped": stopped}
     return answers
+
+
+@torch.no_grad()
+def tokens_per_second(model, tokenizer, record: dict, max_new_tokens: int = 64, repeats: int = 3) -> float:
+    """Greedy decoding speed on one record's prompt: max_new_tokens / the median time of `repeats` generations (the
+    KV cache on, no end-of-turn stop, so every run makes the same number of tokens), after one short warm-up."""
+    device = next(model.parameters()).device
+    prompt = torch.tensor([prompt_ids(tokenizer, prompt_messages(record))], device=device)  # (1, T)
+    model.generate(prompt, 2, temperature=0)  # the first call pays for allocations
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model.generate(prompt, max_new_tokens, temperature=0)
+        times.append(time.perf_counter() - t0)
+    return max_new_tokens / statistics.median(times)
