@@ -15,10 +15,10 @@ Both sides get the same everything that can be made the same, so that what diffe
   (input_ids + labels), and DPOTrainer's tokenization is replaced by nanoft's ids (prompt_ids / chosen_ids /
   rejected_ids), because TRL's own chat rendering also trains on the template's newline after <|im_end|>
   (tests/test_instruction_tuning.py);
-- optimisation: AdamW (fused), lr 2e-4, betas (0.9, 0.999), eps 1e-8, weight decay 0.01 on the LoRA matrices
-  (nanoft's TrainConfig default; transformers' default is 0, so TRL is given 0.01), gradient clipping at 1.0,
-  warmup min(10, steps // 10) then linear decay to 0, seed 0; no evaluation and no saving during training; no
-  gradient checkpointing (TRL's configs default to it; nanoft does not recompute activations);
+- optimisation: AdamW (fused), lr --lr (SFT) and --dpo-lr (DPO), betas (0.9, 0.999), eps 1e-8, weight decay 0.01
+  on the LoRA matrices (nanoft's TrainConfig default; transformers' default is 0, so TRL is given 0.01), gradient
+  clipping at 1.0, warmup min(10, steps // 10) then linear decay to 0, seed 0; no evaluation and no saving during
+  training; no gradient checkpointing (TRL's configs default to it; nanoft does not recompute activations);
 - SFT loss: the summed NLL of the response tokens (<|im_end|> included) / their count in the step;
 - DPO: continuing each side's own SFT adapter, the reference is that SFT model, its log-probs computed once up
   front (nanoft: with_reference_logps; TRL: precompute_ref_log_probs=True, with the "ref" copy of the adapter TRL
@@ -200,16 +200,16 @@ def hf_preferences(model, pairs, pad_id, ref=None) -> dict:
 # ----------------------------------------------------------------------------- the two sides
 
 
-def nanoft_config(args, steps) -> TrainConfig:
-    return TrainConfig(lr=args.lr, max_steps=steps, batch_size=args.batch_size, warmup_steps=min(10, steps // 10),
+def nanoft_config(args, steps, lr) -> TrainConfig:
+    return TrainConfig(lr=lr, max_steps=steps, batch_size=args.batch_size, warmup_steps=min(10, steps // 10),
                        decay="linear", device="cpu", precision="fp32", progress=False, seed=SEED, shuffle=False,
                        log_every=max(1, steps // 10))
 
 
-def trl_common(args, steps, out_dir) -> dict:
+def trl_common(args, steps, lr, out_dir) -> dict:
     """TrainingArguments shared by SFTConfig and DPOConfig, set to nanoft_config's values."""
     return dict(output_dir=out_dir, max_steps=steps, per_device_train_batch_size=args.batch_size,
-                gradient_accumulation_steps=1, learning_rate=args.lr, lr_scheduler_type="linear",
+                gradient_accumulation_steps=1, learning_rate=lr, lr_scheduler_type="linear",
                 warmup_steps=min(10, steps // 10), weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.999,
                 adam_epsilon=1e-8, max_grad_norm=1.0, optim="adamw_torch_fused", seed=SEED, data_seed=SEED,
                 train_sampling_strategy="sequential", bf16=False, fp16=False, use_cpu=True, eval_strategy="no",
@@ -224,7 +224,7 @@ def run_trl_sft(args, model, tok, features, out_dir):
     timer = StepTimer()
     rows = trl_sft_rows(features)
     trainer = SFTTrainer(model=model, processing_class=tok, train_dataset=Dataset.from_list(rows),
-                         args=SFTConfig(max_length=None, **trl_common(args, args.sft_steps, out_dir)),
+                         args=SFTConfig(max_length=None, **trl_common(args, args.sft_steps, args.lr, out_dir)),
                          callbacks=[trl_timer_callback(timer)])
     prepared = trainer.train_dataset[0]
     assert prepared["input_ids"] == rows[0]["input_ids"] and prepared["labels"] == rows[0]["labels"], \
@@ -249,7 +249,7 @@ def run_trl_dpo(args, model, tok, pairs, out_dir):
     trainer = NanoftTokens(model=model, processing_class=tok, train_dataset=Dataset.from_list(trl_dpo_rows(pairs)),
                            args=DPOConfig(beta=args.beta, loss_type=losses, loss_weights=weights, max_length=None,
                                           precompute_ref_log_probs=True, precompute_ref_batch_size=args.batch_size,
-                                          **trl_common(args, args.dpo_steps, out_dir)),
+                                          **trl_common(args, args.dpo_steps, args.dpo_lr, out_dir)),
                            callbacks=[trl_timer_callback(timer)])
     setup = time.perf_counter() - t0
     assert "ref" in trainer.model.peft_config, "TRL should have copied the SFT adapter as the reference"
@@ -269,7 +269,8 @@ def parse_args(argv=None):
     p.add_argument("--dpo-steps", type=int, default=40, help="optimizer steps of DPO (the chapter's 40)")
     p.add_argument("--batch-size", type=int, default=8, help="records (pairs) per optimizer step")
     p.add_argument("--test-records", type=int, default=0, help="test records and pairs scored (0 = all 110)")
-    p.add_argument("--lr", type=float, default=2e-4, help="lr of SFT and DPO")
+    p.add_argument("--lr", type=float, default=2e-4, help="lr of SFT")
+    p.add_argument("--dpo-lr", type=float, default=2e-4, help="lr of DPO")
     p.add_argument("--beta", type=float, default=0.1, help="DPO's beta")
     p.add_argument("--rpo", type=float, default=1.0, help="weight of the chosen answers' NLL added to DPO (0: "
                    "plain DPO)")
@@ -284,8 +285,8 @@ def parse_args(argv=None):
     for name in ("sft_steps", "dpo_steps", "batch_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.test_records < 0 or args.lr <= 0 or args.beta <= 0 or args.rpo < 0:
-        p.error("--test-records and --rpo must be >= 0, --lr and --beta > 0")
+    if args.test_records < 0 or args.lr <= 0 or args.dpo_lr <= 0 or args.beta <= 0 or args.rpo < 0:
+        p.error("--test-records and --rpo must be >= 0, --lr, --dpo-lr and --beta > 0")
     return args
 
 
@@ -357,8 +358,8 @@ def main(argv=None):
 
         # SFT: nanoft, then TRL
         print(f"\n# SFT: {args.sft_steps} steps", flush=True)
-        _, timer, wall = time_nanoft(ours, lambda: fine_tune_sft(ours, train, nanoft_config(args, args.sft_steps),
-                                                                 pad_id=pad))
+        _, timer, wall = time_nanoft(ours, lambda: fine_tune_sft(
+            ours, train, nanoft_config(args, args.sft_steps, args.lr), pad_id=pad))
         row("SFT", "nanoft", dict(ppl=response_perplexity(ours, test, pad_id=pad)["perplexity"],
                                   pref=evaluate_preferences(ours, test_pairs, args.beta, pad_id=pad)
                                   ["preference_accuracy"]), dict(timer.summary(), train_s=wall))
@@ -389,7 +390,7 @@ def main(argv=None):
             setup = time.perf_counter() - t0
             test_pairs_ref = with_reference_logps(ours, test_pairs, pad_id=pad)
             _, timer, wall = time_nanoft(ours, lambda: fine_tune_dpo(
-                ours, pairs_ref, nanoft_config(args, args.dpo_steps), beta=args.beta, sft_weight=args.rpo,
+                ours, pairs_ref, nanoft_config(args, args.dpo_steps, args.dpo_lr), beta=args.beta, sft_weight=args.rpo,
                 pad_id=pad))
             prefs_ours = evaluate_preferences(ours, test_pairs_ref, args.beta, pad_id=pad)
             row("DPO", "nanoft", dict(ppl=response_perplexity(ours, test, pad_id=pad)["perplexity"],
