@@ -270,7 +270,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=8, help="records (pairs) per optimizer step")
     p.add_argument("--test-records", type=int, default=0, help="test records and pairs scored (0 = all 110)")
     p.add_argument("--lr", type=float, default=2e-4, help="lr of SFT")
-    p.add_argument("--dpo-lr", type=float, default=2e-4, help="lr of DPO")
+    p.add_argument("--dpo-lr", type=float, default=1e-3, help="lr of DPO (the chapter's 1e-3)")
     p.add_argument("--beta", type=float, default=0.1, help="DPO's beta")
     p.add_argument("--rpo", type=float, default=1.0, help="weight of the chosen answers' NLL added to DPO (0: "
                    "plain DPO)")
