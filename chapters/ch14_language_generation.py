@@ -21,9 +21,9 @@ import torch
 
 from nanoft import (Llama, TrainConfig, distinct_n, evaluate_preferences, fine_tune_dpo, fine_tune_sft,
                     fine_tune_unlikelihood, generate_responses, load_adapter, load_instructions, load_preferences,
-                    load_tokenizer, mean_rouge_l, prepare_for_tuning, preference_features, quantize_model,
-                    response_perplexity, save_adapter, seed_everything, seq_rep_n, sft_features, smollm2_gguf,
-                    tokens_per_second, trainable_parameters, with_reference_logps)
+                    load_tokenizer, mean_rouge_l, pair_logps, prepare_for_tuning, preference_features,
+                    preference_metrics, quantize_model, response_perplexity, save_adapter, seed_everything, seq_rep_n,
+                    sft_features, smollm2_gguf, tokens_per_second, trainable_parameters, with_reference_logps)
 from nanoft.cli.flags import (ChapterParser, add_io_flags, add_run_flags, nonneg_float, nonneg_int, positive_float,
                               positive_int, run_main)
 from nanoft.cli.report import Results, check_out_dir
@@ -145,7 +145,9 @@ def sft(d, args):
                                                                   for r in result.curve))
     save(model, args, "sft")
     d["sft_model"] = model
-    return [measure(f"SFT ({args.tuning})", model, d, args, seconds)]
+    logps = pair_logps(model, d["test_pairs"])  # (pairs, 2): this model's own measure, and DPO's reference
+    d["test_pairs"] = with_reference_logps(model, d["test_pairs"], logps=logps)
+    return [measure(f"SFT ({args.tuning})", model, d, args, seconds, prefs=preference_metrics(logps, d["test_pairs"]))]
 
 
 def from_sft(d, args):
@@ -172,8 +174,8 @@ def dpo(d, args):
     print(f"\n# DPO on top of SFT: {args.dpo_steps} steps of {args.batch_size} pairs, lr {args.dpo_lr:g}, beta "
           f"{args.beta:g}{f', RPO weight {args.rpo:g}' if args.rpo else ''}; the reference is the SFT model")
     train_pairs = with_reference_logps(model, d["train_pairs"])  # computed once: no second model in memory
-    d["test_pairs"] = with_reference_logps(model, d["test_pairs"])
-    chosen_before = response_perplexity(model, d["test_chosen"].features)["perplexity"]
+    if "ref_chosen" not in d["test_pairs"][0]:  # (the SFT adapter of an earlier run: its log-probs are not known)
+        d["test_pairs"] = with_reference_logps(model, d["test_pairs"])
     result, seconds = timed(fine_tune_dpo, model, train_pairs, config(args, args.dpo_steps, args.dpo_lr),
                             beta=args.beta, sft_weight=args.rpo, pad_id=d["pad"], average_logps=args.dpo_mean)
     save(model, args, "dpo")
@@ -181,13 +183,12 @@ def dpo(d, args):
     print(f"  DPO loss {steps[0]['loss']:.3f} (log 2 = 0.693) -> {steps[-1]['loss']:.3f}; train reward accuracy "
           f"{100 * steps[-1]['reward_accuracy']:.0f}%")
     test = evaluate_preferences(model, d["test_pairs"], beta=args.beta)
-    chosen_after = response_perplexity(model, d["test_chosen"].features)["perplexity"]
     print(f"  test: reward accuracy {test['reward_accuracy']:.1f}% (the model alone prefers the chosen answer in "
           f"{test['preference_accuracy']:.1f}%), margin {test['reward_margin']:.2f}, rewards chosen "
           f"{test['chosen_reward']:.2f} / rejected {test['rejected_reward']:.2f}; perplexity of the chosen answers "
-          f"{chosen_before:.2f} -> {chosen_after:.2f}")
+          f"{test['reference_chosen_perplexity']:.2f} -> {test['chosen_perplexity']:.2f}")
     return rows + [measure("DPO after SFT", model, d, args, seconds,
-                    dict(reward_acc=test["reward_accuracy"], chosen_ppl=chosen_after), prefs=test)]
+                    dict(reward_acc=test["reward_accuracy"], chosen_ppl=test["chosen_perplexity"]), prefs=test)]
 
 
 def unlikelihood(d, args):
@@ -229,11 +230,9 @@ def main(argv=None):
         first(data["train"], args.train_records), tok, args.max_len, verbose=False, mask_prompt=False)
     d["val"] = sft_features(first(data["val"], args.test_records), tok, args.max_len)
     d["test"] = sft_features(first(data["test"], args.test_records), tok, args.max_len)
-    test_prefs = first(prefs["test"], args.test_records)
-    d["test_chosen"] = sft_features(test_prefs, tok, args.max_len, response_key="chosen")
     n_pairs = args.train_pairs or args.dpo_steps * args.batch_size  # each pair once: fewer reference log-probs
     d["train_pairs"] = preference_features(first(prefs["train"], n_pairs), tok, args.max_len).features
-    d["test_pairs"] = preference_features(test_prefs, tok, args.max_len).features
+    d["test_pairs"] = preference_features(first(prefs["test"], args.test_records), tok, args.max_len).features
     print(f"{base.config.num_hidden_layers} layers, {base.num_parameters():,} parameters; {len(d['train'].features)}"
           f" training records, {len(d['train_pairs'])} pairs, {len(d['test'].features)} test records")
     results = Results(args.out_dir, vars(args), smoke=args.smoke)

@@ -45,8 +45,8 @@ from nanoft.recipes.causal_lm import evaluate_perplexity, fine_tune_lm
 from nanoft.recipes.small_gpt2 import PretrainConfig, load_pretrained_gpt2, pretrain_small_gpt2
 from nanoft.recipes.instruction_tuning import (fine_tune_sft, generate_responses, prepare_for_tuning,
                                                response_perplexity, sft_features, tokens_per_second)
-from nanoft.recipes.dpo import (dpo_loss, evaluate_preferences, fine_tune_dpo, preference_features,
-                                with_reference_logps)
+from nanoft.recipes.dpo import (dpo_loss, evaluate_preferences, fine_tune_dpo, pair_logps, preference_features,
+                                preference_metrics, with_reference_logps)
 from nanoft.recipes.unlikelihood import fine_tune_unlikelihood
 
 __all__ = [
@@ -67,6 +67,7 @@ __all__ = [
     "distinct_n", "mean_rouge_l", "rouge_l", "seq_rep_n",
     "fine_tune_sft", "generate_responses", "prepare_for_tuning", "response_perplexity", "sft_features",
     "tokens_per_second",
-    "dpo_loss", "evaluate_preferences", "fine_tune_dpo", "preference_features", "with_reference_logps",
+    "dpo_loss", "evaluate_preferences", "fine_tune_dpo", "pair_logps", "preference_features", "preference_metrics",
+    "with_reference_logps",
     "fine_tune_unlikelihood",
 ]

@@ -8,9 +8,9 @@ import torch
 
 from nanoft.models.gpt2 import GPT2, GPT2Config
 from nanoft.quant.lora import add_lora, lora_disabled, merge_lora
-from nanoft.recipes.dpo import (PairCollate, dpo_loss, evaluate_preferences, fine_tune_dpo, sequence_logps,
-                                with_reference_logps)
-from nanoft.recipes.instruction_tuning import lm_feature
+from nanoft.recipes.dpo import (PairCollate, dpo_loss, evaluate_preferences, fine_tune_dpo, pair_logps,
+                                preference_metrics, sequence_logps, with_reference_logps)
+from nanoft.recipes.instruction_tuning import lm_feature, response_perplexity
 from nanoft.training.train import TrainConfig
 
 VOCAB, EOS = 101, 100
@@ -149,6 +149,27 @@ def test_dpo_learns_the_preference(average_logps, beta):
     assert after["reward_margin"] > 1.0
     steps = [r for r in result.history if r["type"] == "dpo"]
     assert len(steps) == 30 and steps[-1]["loss"] < 0.3
+
+
+def test_preference_metrics_chosen_perplexity():
+    """The chosen answers' perplexity from the pair log-probs equals response_perplexity on the chosen sides alone;
+    log-probs handed to with_reference_logps give the same pairs as running the reference."""
+    torch.manual_seed(0)
+    model, reference = GPT2(tiny_config()), GPT2(tiny_config())
+    features = as_features(random_pairs(7))
+    pairs = with_reference_logps(reference, features)
+    assert pairs == with_reference_logps(None, features, logps=pair_logps(reference, features))
+    out = evaluate_preferences(model, pairs, batch_size=3)
+    chosen = [p["chosen"] for p in features]
+    assert out["chosen_perplexity"] == pytest.approx(response_perplexity(model, chosen)["perplexity"], rel=1e-5)
+    assert out["reference_chosen_perplexity"] == pytest.approx(response_perplexity(reference, chosen)["perplexity"],
+                                                               rel=1e-5)
+    assert out["chosen_perplexity"] != pytest.approx(out["reference_chosen_perplexity"], rel=1e-3)
+    logps = pair_logps(model, features)
+    assert preference_metrics(logps, features)["preference_accuracy"] == \
+        pytest.approx(100.0 * sum(c > r for c, r in logps.tolist()) / len(features))
+    with pytest.raises(ValueError, match="shape"):
+        with_reference_logps(None, features, logps=logps[:3])
 
 
 def test_dpo_refuses_pairs_without_reference():

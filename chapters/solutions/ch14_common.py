@@ -189,16 +189,14 @@ def sft_adapter(setup, args, run):
 
 def dpo_data(setup, args, sft_model):
     """What the DPO exercises measure on: the training pairs (dpo-steps x dpo-batch-size, each seen once) and the test
-    pairs, each with the SFT model's log-probs as the reference (computed once), and the test records' `chosen`
-    answers as SFT features (their perplexity shows the likelihood displacement)."""
+    pairs, each with the SFT model's log-probs as the reference (computed once); evaluate_preferences on them also
+    gives the chosen answers' perplexity (which shows the likelihood displacement)."""
     prefs = load_preferences(args.data_dir)
     n_pairs = args.dpo_steps * args.dpo_batch_size
     train = preference_features(first(prefs["train"], n_pairs), setup.tok, args.max_len).features
-    test_records = first(prefs["test"], args.test_records)
-    test = preference_features(test_records, setup.tok, args.max_len).features
+    test = preference_features(first(prefs["test"], args.test_records), setup.tok, args.max_len).features
     return dict(train=with_reference_logps(sft_model, train, pad_id=setup.pad),
                 test=with_reference_logps(sft_model, test, pad_id=setup.pad), records=prefs["train"],
-                chosen=sft_features(test_records, setup.tok, args.max_len, response_key="chosen").features,
                 sample=prefs["sample"])
 
 

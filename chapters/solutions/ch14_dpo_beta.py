@@ -4,8 +4,7 @@ accuracy, the model's own preference accuracy, and the perplexity of the chosen 
 
     python -m chapters.solutions.ch14_dpo_beta --data-dir ../shared/data --threads 1
 """
-from .ch14_common import (add_dpo_flags, base_parser, dpo, dpo_data, dpo_steps, note_sample, perplexity,
-                          sft_adapter, start)
+from .ch14_common import add_dpo_flags, base_parser, dpo, dpo_data, dpo_steps, note_sample, sft_adapter, start
 from nanoft import evaluate_preferences
 from nanoft.cli.flags import list_of, positive_float, run_main
 from nanoft.cli.report import print_table, save_rows
@@ -26,7 +25,7 @@ def main(argv=None):
     pairs = dpo_data(setup, args, sft_model)
     before = evaluate_preferences(sft_model, pairs["test"], pad_id=setup.pad)
     rows = [dict(model="SFT", beta=None, reward_acc=None, pref_acc=before["preference_accuracy"],
-                 chosen_ppl=perplexity(sft_model, pairs["chosen"]), d_chosen=0.0, d_rejected=0.0,
+                 chosen_ppl=before["chosen_perplexity"], d_chosen=0.0, d_rejected=0.0,
                  seconds=sft_seconds)]
     print(f"SFT model: preference accuracy {rows[0]['pref_acc']:.1f}%, chosen perplexity {rows[0]['chosen_ppl']:.2f} "
           f"on {len(pairs['test'])} test pairs")
@@ -37,7 +36,7 @@ def main(argv=None):
         steps = dpo_steps(result)
         test = evaluate_preferences(model, pairs["test"], beta=beta, pad_id=setup.pad)
         row = dict(model=f"DPO beta {beta:g}", beta=beta, reward_acc=test["reward_accuracy"],
-                   pref_acc=test["preference_accuracy"], chosen_ppl=perplexity(model, pairs["chosen"]),
+                   pref_acc=test["preference_accuracy"], chosen_ppl=test["chosen_perplexity"],
                    d_chosen=test["chosen_reward"] / beta, d_rejected=test["rejected_reward"] / beta,
                    margin=test["reward_margin"], first_loss=steps[0]["loss"], last_loss=steps[-1]["loss"],
                    seconds=seconds)

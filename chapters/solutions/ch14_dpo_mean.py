@@ -6,7 +6,7 @@ answers.
     python -m chapters.solutions.ch14_dpo_mean --data-dir ../shared/data --threads 1
 """
 from .ch14_common import (add_dpo_flags, answer_stats, answers, base_parser, dpo, dpo_data, dpo_steps, first,
-                          note_sample, perplexity, sft_adapter, start)
+                          note_sample, sft_adapter, start)
 from nanoft import evaluate_preferences
 from nanoft.cli.flags import positive_float, run_main
 from nanoft.cli.report import print_table, save_rows
@@ -50,7 +50,7 @@ def main(argv=None):
             steps = dpo_steps(result)
         test = evaluate_preferences(model, pairs["test"], beta=beta or args.beta, pad_id=setup.pad)
         row = dict(model=name, beta=beta, reward_acc=test["reward_accuracy"] if beta else None,
-                   pref_acc=test["preference_accuracy"], chosen_ppl=perplexity(model, pairs["chosen"]),
+                   pref_acc=test["preference_accuracy"], chosen_ppl=test["chosen_perplexity"],
                    first_loss=steps[0]["loss"] if steps else None, last_loss=steps[-1]["loss"] if steps else None,
                    seconds=seconds, **answer_stats(answers(model, setup, gen, args.gen_tokens), gen))
         reward = f"reward accuracy {row['reward_acc']:.1f}%, " if beta else ""

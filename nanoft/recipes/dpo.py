@@ -29,6 +29,7 @@ DPO pushes the two log-probs apart; it may lower both (likelihood displacement: 
 likely too, just less so than the rejected ones). sft_weight > 0 adds the mean NLL of the chosen responses to the
 loss (RPO, Pang et al., 2024), which holds them up.
 """
+import math
 from contextlib import nullcontext
 from typing import Optional
 
@@ -122,10 +123,15 @@ def pair_logps(model, pairs, batch_size: int = 8, pad_id: int = 0, lora_off: boo
     return out
 
 
-def with_reference_logps(reference, pairs, batch_size: int = 8, pad_id: int = 0, lora_off: bool = False) -> list:
+def with_reference_logps(reference, pairs, batch_size: int = 8, pad_id: int = 0, lora_off: bool = False,
+                         logps: Optional[torch.Tensor] = None) -> list:
     """Copies of the pairs carrying "ref_chosen" and "ref_rejected": their log-probs under the reference model (the
-    model before DPO, a frozen copy, or with lora_off=True the base under a fresh adapter), computed once."""
-    logps = pair_logps(reference, pairs, batch_size, pad_id, lora_off)
+    model before DPO, a frozen copy, or with lora_off=True the base under a fresh adapter), computed once. logps:
+    the reference's pair_logps(reference, pairs) when already computed (e.g. to measure it), so it is not run twice."""
+    if logps is None:
+        logps = pair_logps(reference, pairs, batch_size, pad_id, lora_off)
+    if logps.shape != (len(pairs), 2):
+        raise ValueError(f"logps has shape {tuple(logps.shape)}, want ({len(pairs)}, 2): [chosen, rejected] per pair")
     return [{**p, "ref_chosen": c.item(), "ref_rejected": r.item()} for p, (c, r) in zip(pairs, logps)]
 
 
@@ -170,14 +176,23 @@ def fine_tune_dpo(model, pairs: list, cfg: TrainConfig, beta: float = 0.1, sft_w
 
 
 def evaluate_preferences(model, pairs, beta: float = 0.1, batch_size: int = 8, pad_id: int = 0) -> dict:
-    """{"preference_accuracy": % of pairs where the model alone gives the chosen response the higher summed
-    log-prob}; with reference log-probs on the pairs also DPO's "reward_accuracy" (%), "reward_margin",
-    "chosen_reward" and "rejected_reward". A tie counts as a miss."""
-    logps = pair_logps(model, pairs, batch_size, pad_id)  # (N, 2)
-    out = {"preference_accuracy": 100.0 * (logps[:, 0] > logps[:, 1]).double().mean().item()}
+    """preference_metrics of the model's log-probs on the pairs."""
+    return preference_metrics(pair_logps(model, pairs, batch_size, pad_id), pairs, beta)
+
+
+def preference_metrics(logps, pairs, beta: float = 0.1) -> dict:
+    """From logps (N, 2), the summed log-probs of [chosen, rejected] of each pair under a model (pair_logps):
+    {"preference_accuracy": % of pairs where the model alone gives the chosen response the higher log-prob (a tie
+    counts as a miss), "chosen_perplexity": the perplexity of the chosen responses (exp of their mean NLL per token,
+    end-of-turn included)}; with reference log-probs on the pairs also DPO's "reward_accuracy" (%),
+    "reward_margin", "chosen_reward", "rejected_reward" and the reference's "reference_chosen_perplexity"."""
+    n_chosen = sum(sum(t != -100 for t in p["chosen"]["labels"]) for p in pairs)  # response tokens in all
+    out = {"preference_accuracy": 100.0 * (logps[:, 0] > logps[:, 1]).double().mean().item(),
+           "chosen_perplexity": math.exp(-logps[:, 0].sum().item() / n_chosen)}
     if "ref_chosen" in pairs[0]:
         ref = torch.tensor([[p["ref_chosen"], p["ref_rejected"]] for p in pairs], dtype=torch.float64)
         _, stats = dpo_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], beta)
         out.update({k: v.item() for k, v in stats.items()})
         out["reward_accuracy"] *= 100.0
+        out["reference_chosen_perplexity"] = math.exp(-ref[:, 0].sum().item() / n_chosen)
     return out
