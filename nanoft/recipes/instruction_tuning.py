@@ -203,11 +203,12 @@ def response_perplexity(model, features: list, batch_size: int = 16, pad_id: int
 
 @torch.no_grad()
 def generate_responses(model, tokenizer, records, max_new_tokens: int = 64, end_id: Optional[int] = None,
-                       batch_size: int = 16) -> list:
+                       batch_size: int = 32) -> list:
     """Greedy answers to each record's prompt, in the records' order: [{"text": without the end-of-turn token, "ids":
     the new token ids (end-of-turn excluded), "stopped": whether the model ended its turn within max_new_tokens}].
     Prompts of similar length go batch_size at a time, left-padded with an attention mask (Llama.generate), so that
-    each decode step reads the weights once for the whole batch; batch_size=1 runs one prompt at a time, for models
+    each decode step reads the weights once for the whole batch (SmolLM2's 110 test answers on 2 cores: 32 a batch
+    takes 0.6-0.75x the time of 16 a batch, the same tokens); batch_size=1 runs one prompt at a time, for models
     whose generate takes no mask."""
     device, end_id = next(model.parameters()).device, end_of_turn(tokenizer, end_id)
     prompts = [prompt_ids(tokenizer, prompt_messages(record)) for record in records]
