@@ -50,9 +50,9 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from common import machine, print_table  # first: it puts the repository on sys.path
 
 from nanoft import (Llama, TrainConfig, evaluate_preferences, fine_tune_dpo, fine_tune_sft, load_instructions,
-                    load_preferences, load_tokenizer, prepare_for_tuning, preference_features, response_perplexity,
-                    save_adapter, seed_everything, sft_features, smollm2_gguf, trainable_parameters,
-                    with_reference_logps)
+                    load_preferences, load_tokenizer, prepare_for_tuning, preference_features, preference_metrics,
+                    response_perplexity, save_adapter, seed_everything, sft_features, smollm2_gguf,
+                    trainable_parameters, with_reference_logps)
 
 MAX_LEN = 256  # the chapter's --max-len
 SEED = 0
@@ -188,15 +188,6 @@ def hf_pair_logps(model, pairs, pad_id) -> torch.Tensor:
     return torch.stack([-c, -r], dim=1)
 
 
-def hf_preferences(model, pairs, pad_id, ref=None) -> dict:
-    """evaluate_preferences' accuracies for a transformers model (ties count as misses, as in nanoft)."""
-    logps = hf_pair_logps(model, pairs, pad_id)
-    out = {"preference_accuracy": 100.0 * (logps[:, 0] > logps[:, 1]).double().mean().item()}
-    if ref is not None:  # the reward's beta > 0 scales both sides alike: the sign needs no beta
-        out["reward_accuracy"] = 100.0 * ((logps[:, 0] - ref[:, 0]) > (logps[:, 1] - ref[:, 1])).double().mean().item()
-    return out
-
-
 # ----------------------------------------------------------------------------- the two sides
 
 
@@ -311,9 +302,7 @@ def main(argv=None):
     data, prefs = load_instructions(args.data_dir), load_preferences(args.data_dir)
     train = sft_features(data["train"][:args.sft_steps * args.batch_size], tok, MAX_LEN).features
     test = sft_features(first(data["test"], args.test_records), tok, MAX_LEN).features
-    test_prefs = first(prefs["test"], args.test_records)
-    test_chosen = sft_features(test_prefs, tok, MAX_LEN, response_key="chosen").features
-    test_pairs = preference_features(test_prefs, tok, MAX_LEN).features
+    test_pairs = preference_features(first(prefs["test"], args.test_records), tok, MAX_LEN).features
     train_pairs = preference_features(prefs["train"][:args.dpo_steps * args.batch_size], tok, MAX_LEN).features
     print(f"SFT: {len(train)} records, {args.sft_steps} steps of {args.batch_size}; DPO: {len(train_pairs)} pairs, "
           f"{args.dpo_steps} steps; test: {len(test)} records ({sum(sum(t != -100 for t in f['labels']) for f in test)}"
@@ -340,8 +329,8 @@ def main(argv=None):
     row("base", "nanoft", dict(ppl=response_perplexity(ours, test, pad_id=pad)["perplexity"],
                                pref=evaluate_preferences(ours, test_pairs, args.beta, pad_id=pad)
                                ["preference_accuracy"]))
-    row("base", "TRL", dict(ppl=hf_perplexity(hf, test, pad), pref=hf_preferences(hf, test_pairs, pad)
-                            ["preference_accuracy"]))
+    row("base", "TRL", dict(ppl=hf_perplexity(hf, test, pad), pref=preference_metrics(
+        hf_pair_logps(hf, test_pairs, pad), test_pairs)["preference_accuracy"]))
     print(f"base: perplexity {results['base']['nanoft']['ppl']:.4f} (nanoft) / {results['base']['TRL']['ppl']:.4f} "
           "(transformers)", flush=True)
 
@@ -366,8 +355,9 @@ def main(argv=None):
         print(f"  nanoft: {results['SFT']['nanoft']}", flush=True)
         trainer, timer, wall = run_trl_sft(args, hf, hf_tok, train, str(Path(tmp) / "trl_sft"))
         hf = trainer.model
-        row("SFT", "TRL", dict(ppl=hf_perplexity(hf, test, pad), pref=hf_preferences(hf, test_pairs, pad)
-                               ["preference_accuracy"]), dict(timer.summary(), train_s=wall))
+        row("SFT", "TRL", dict(ppl=hf_perplexity(hf, test, pad), pref=preference_metrics(
+            hf_pair_logps(hf, test_pairs, pad), test_pairs)["preference_accuracy"]),
+            dict(timer.summary(), train_s=wall))
         print(f"  TRL: {results['SFT']['TRL']}", flush=True)
         del trainer
 
@@ -375,12 +365,15 @@ def main(argv=None):
             # DPO, each side continuing its own SFT adapter, the reference its SFT model: TRL, then nanoft
             print(f"\n# DPO on top of SFT: {args.dpo_steps} steps, beta {args.beta:g}, RPO weight {args.rpo:g}",
                   flush=True)
-            hf_ref = hf_pair_logps(hf, test_pairs, pad)  # the SFT model's, for the test reward accuracy
+            # TRL's SFT model is its reference: the test pairs carry its log-probs, for the test reward accuracy
+            hf_test_pairs = with_reference_logps(None, test_pairs, logps=hf_pair_logps(hf, test_pairs, pad))
             trainer, timer, wall, setup = run_trl_dpo(args, hf, hf_tok, train_pairs, str(Path(tmp) / "trl_dpo"))
             hf = trainer.model
             hf.set_adapter("default")
-            row("DPO", "TRL", dict(ppl=hf_perplexity(hf, test, pad), chosen_ppl=hf_perplexity(hf, test_chosen, pad),
-                                   **{k: v for k, v in hf_preferences(hf, test_pairs, pad, hf_ref).items()}),
+            prefs_hf = preference_metrics(hf_pair_logps(hf, test_pairs, pad), hf_test_pairs, args.beta)
+            row("DPO", "TRL", dict(ppl=hf_perplexity(hf, test, pad), chosen_ppl=prefs_hf["chosen_perplexity"],
+                                   preference_accuracy=prefs_hf["preference_accuracy"],
+                                   reward_accuracy=prefs_hf["reward_accuracy"]),
                 dict(timer.summary(), train_s=wall, reference_s=setup))
             print(f"  TRL: {results['DPO']['TRL']}", flush=True)
             del trainer
@@ -394,7 +387,7 @@ def main(argv=None):
                 pad_id=pad))
             prefs_ours = evaluate_preferences(ours, test_pairs_ref, args.beta, pad_id=pad)
             row("DPO", "nanoft", dict(ppl=response_perplexity(ours, test, pad_id=pad)["perplexity"],
-                                      chosen_ppl=response_perplexity(ours, test_chosen, pad_id=pad)["perplexity"],
+                                      chosen_ppl=prefs_ours["chosen_perplexity"],
                                       preference_accuracy=prefs_ours["preference_accuracy"],
                                       reward_accuracy=prefs_ours["reward_accuracy"]),
                 dict(timer.summary(), train_s=wall, reference_s=setup))
