@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from nanoft import (Llama, TrainConfig, fine_tune_dpo, fine_tune_sft, generate_responses,
-                    load_adapter, load_instructions, load_preferences, load_tokenizer, mean_rouge_l,
-                    prepare_for_tuning, preference_features, response_perplexity, save_adapter, seed_everything,
-                    sft_features, smollm2_gguf, with_reference_logps)
+                    load_adapter, load_instructions, load_preferences, load_tokenizer, mean_rouge_l, pair_logps,
+                    prepare_for_tuning, preference_features, preference_metrics, response_perplexity, save_adapter,
+                    seed_everything, sft_features, smollm2_gguf, with_reference_logps)
 from nanoft.cli.flags import (ChapterParser, add_io_flags, add_run_flags, nonneg_float, nonneg_int, positive_float,
                               positive_int)
 from nanoft.cli.report import check_out_dir
@@ -189,15 +189,17 @@ def sft_adapter(setup, args, run):
 
 def dpo_data(setup, args, sft_model):
     """What the DPO exercises measure on: the training pairs (dpo-steps x dpo-batch-size, each seen once) and the test
-    pairs, each with the SFT model's log-probs as the reference (computed once); evaluate_preferences on them also
-    gives the chosen answers' perplexity (which shows the likelihood displacement)."""
+    pairs, each with the SFT model's log-probs as the reference (computed once), and the SFT model's own measures
+    on the test pairs from those log-probs ("sft": preference accuracy, chosen answers' perplexity, which shows the
+    likelihood displacement when a DPO model's is set beside it)."""
     prefs = load_preferences(args.data_dir)
     n_pairs = args.dpo_steps * args.dpo_batch_size
     train = preference_features(first(prefs["train"], n_pairs), setup.tok, args.max_len).features
     test = preference_features(first(prefs["test"], args.test_records), setup.tok, args.max_len).features
-    return dict(train=with_reference_logps(sft_model, train, pad_id=setup.pad),
-                test=with_reference_logps(sft_model, test, pad_id=setup.pad), records=prefs["train"],
-                sample=prefs["sample"])
+    test_logps = pair_logps(sft_model, test, pad_id=setup.pad)  # (pairs, 2): the reference, and SFT's measures
+    test = with_reference_logps(sft_model, test, logps=test_logps)
+    return dict(train=with_reference_logps(sft_model, train, pad_id=setup.pad), test=test,
+                sft=preference_metrics(test_logps, test), records=prefs["train"], sample=prefs["sample"])
 
 
 def dpo(setup, sft_model, pairs, run, args, beta, average_logps=False):

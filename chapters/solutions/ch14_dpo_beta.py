@@ -23,7 +23,7 @@ def main(argv=None):
     run, setup = start(args)
     sft_model, sft_seconds, loaded = sft_adapter(setup, args, run)
     pairs = dpo_data(setup, args, sft_model)
-    before = evaluate_preferences(sft_model, pairs["test"], pad_id=setup.pad)
+    before = pairs["sft"]
     rows = [dict(model="SFT", beta=None, reward_acc=None, pref_acc=before["preference_accuracy"],
                  chosen_ppl=before["chosen_perplexity"], d_chosen=0.0, d_rejected=0.0,
                  seconds=sft_seconds)]

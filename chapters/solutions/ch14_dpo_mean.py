@@ -48,7 +48,7 @@ def main(argv=None):
                   f"{args.dpo_lr:g}")
             model, result, seconds = dpo(setup, sft_model, pairs["train"], run, args, beta, average_logps=mean)
             steps = dpo_steps(result)
-        test = evaluate_preferences(model, pairs["test"], beta=beta or args.beta, pad_id=setup.pad)
+        test = evaluate_preferences(model, pairs["test"], beta=beta, pad_id=setup.pad) if beta else pairs["sft"]
         row = dict(model=name, beta=beta, reward_acc=test["reward_accuracy"] if beta else None,
                    pref_acc=test["preference_accuracy"], chosen_ppl=test["chosen_perplexity"],
                    first_loss=steps[0]["loss"] if steps else None, last_loss=steps[-1]["loss"] if steps else None,
